@@ -1,0 +1,3 @@
+"""Claim network ports without races, on asyncio and trio."""
+
+from __future__ import annotations
