@@ -1,3 +1,70 @@
-"""Claim network ports without races, on asyncio and trio."""
+"""Claim network ports without races, on asyncio and trio.
+
+A claim picks a port by a strategy, takes a cross-process lock for it,
+binds the socket at once and hands the still-bound socket to the server.
+"""
 
 from __future__ import annotations
+
+from ._claimer import PortClaimer
+from ._exceptions import (
+    ClaimLostError,
+    ClaimTimeoutError,
+    InvalidPortSpecError,
+    LockDirectoryError,
+    PortClaimError,
+    PortExhaustedError,
+)
+from ._getport import get_port, get_port_sync
+from ._selector import RobustPortSelector, claim_port, open_claim
+from ._spec import parse_port_spec
+from ._strategy import WELL_KNOWN_SERVICE_PORTS, PortSelectionStrategy
+from ._system import FALLBACK_PORT_RANGE, default_candidate_ports
+from .registries import (
+    ClaimInfo,
+    ClaimKey,
+    FileLockRegistry,
+    HolderRecord,
+    Lease,
+    MemoryRegistry,
+    Registry,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FALLBACK_PORT_RANGE",
+    "WELL_KNOWN_SERVICE_PORTS",
+    "ClaimInfo",
+    "ClaimKey",
+    "ClaimLostError",
+    "ClaimTimeoutError",
+    "FileLockRegistry",
+    "HolderRecord",
+    "InvalidPortSpecError",
+    "Lease",
+    "LockDirectoryError",
+    "MemoryRegistry",
+    "PortClaimError",
+    "PortClaimer",
+    "PortExhaustedError",
+    "PortSelectionStrategy",
+    "Registry",
+    "RobustPortSelector",
+    "claim_port",
+    "default_candidate_ports",
+    "get_port",
+    "get_port_sync",
+    "open_claim",
+    "parse_port_spec",
+]
+
+# Tracebacks and reprs show the public module, not the private one.
+for _name in __all__:
+    _object = globals()[_name]
+    if getattr(_object, "__module__", "").startswith("aioportclaim."):
+        try:
+            _object.__module__ = "aioportclaim"
+        except (AttributeError, TypeError):
+            pass
+del _name, _object

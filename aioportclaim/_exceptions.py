@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: Reasons a candidate port can be rejected, in the order messages list them.
 REJECTION_REASONS = ("in_use", "locked", "excluded", "validator")
@@ -56,7 +59,7 @@ class PortExhaustedError(PortClaimError):
     def __init__(
         self, message: str, rejections: Mapping[str, int] | None = None
     ) -> None:
-        counts = {reason: 0 for reason in REJECTION_REASONS}
+        counts = dict.fromkeys(REJECTION_REASONS, 0)
         counts.update(rejections or {})
         summary = describe_rejections(counts)
         super().__init__(f"{message} ({summary})" if summary else message)

@@ -1,0 +1,400 @@
+"""RobustPortSelector and claim_port: passes, backoff and one deadline."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from ._claimer import PortClaimer, normalize_hosts, normalize_kinds
+from ._exceptions import ClaimLostError, ClaimTimeoutError, PortExhaustedError
+from ._spec import parse_port_spec
+from ._strategy import PortSelectionStrategy
+from .registries._defaults import default_registry
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import AsyncIterator, Sequence
+
+    from .registries import Registry
+
+logger = logging.getLogger(__name__)
+
+#: Seconds: the first backoff cap between passes, and the largest one.
+BACKOFF_BASE = 0.005
+BACKOFF_MAX = 0.5
+# A pass yields to the event loop after this many candidates, so a long
+# pass over busy ports neither starves other tasks nor ignores cancellation.
+_CANDIDATES_PER_CHECKPOINT = 64
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Return a full-jitter backoff: uniform between 0 and the capped exponential."""
+    cap = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(attempt, 32))
+    return (rng or random).uniform(0, cap)
+
+
+@dataclass(frozen=True)
+class _ClaimOptions:
+    hosts: tuple[str, ...]
+    kinds: tuple[str, ...]
+    count: int
+    registry: Registry
+    listen: bool
+    backlog: int
+
+    def claimer(self, port: int, app_id: str | None) -> PortClaimer:
+        return PortClaimer(
+            port,
+            host=self.hosts,
+            kind=self.kinds,
+            count=self.count,
+            registry=self.registry,
+            app_id=app_id,
+            listen=self.listen,
+            backlog=self.backlog,
+        )
+
+
+class RobustPortSelector:
+    """Select a port by a strategy and claim it, with retries under one deadline.
+
+    Each pass tries every candidate of the strategy once. Between passes the
+    selector sleeps a random time up to an exponentially growing cap (full
+    jitter), so a herd of workers does not retry in lockstep. When the
+    deadline passes, `PortExhaustedError` counts why each port was rejected.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        strategy: PortSelectionStrategy | object = None,
+        registry: Registry | None = None,
+        *,
+        host: str | Sequence[str] = "127.0.0.1",
+        kind: str | Sequence[str] = "tcp",
+        count: int = 1,
+        listen: bool = True,
+        backlog: int = 128,
+    ) -> None:
+        if isinstance(strategy, PortSelectionStrategy):
+            self.strategy = strategy
+        else:
+            self.strategy = PortSelectionStrategy(strategy)
+        PortClaimer(1, count=count)  # validates count before any claim
+        self._options = _ClaimOptions(
+            hosts=normalize_hosts(host),
+            kinds=normalize_kinds(kind),
+            count=count,
+            registry=registry if registry is not None else default_registry(),
+            listen=listen,
+            backlog=backlog,
+        )
+
+    def __repr__(self) -> str:
+        return f"RobustPortSelector({self.strategy!r}, {self._options.registry!r})"
+
+    async def select_and_claim(
+        self,
+        app_id: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        verify_delay: float = 0.0,
+        timeout: float | None = 10.0,
+    ) -> tuple[int, PortClaimer]:
+        """Claim the first candidate that can be claimed, and return it with its claimer.
+
+        `max_attempts` limits the passes over the candidates, `timeout` the
+        seconds in all; None lifts a limit. With `verify_delay` above zero,
+        each claim is verified after that many seconds and a lost claim
+        moves on to the next candidate. The caller releases the claimer.
+        """
+        _check_limits(max_attempts, verify_delay, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rejections: dict[int, str] = {}
+        attempt = 0
+        while True:
+            claimer = await self._run_pass(app_id, verify_delay, deadline, rejections)
+            if claimer is not None:
+                return claimer.port, claimer
+            attempt += 1
+            if self.strategy.allowed_count == 0:
+                break
+            if max_attempts is not None and attempt >= max_attempts:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            delay = backoff_delay(attempt - 1)
+            await anyio.sleep(delay if remaining is None else min(delay, remaining))
+        raise self._exhausted(rejections, attempt, timeout)
+
+    async def _run_pass(
+        self,
+        app_id: str | None,
+        verify_delay: float,
+        deadline: float | None,
+        rejections: dict[int, str],
+    ) -> PortClaimer | None:
+        strategy, options = self.strategy, self._options
+        tried = 0
+        for port in strategy.candidates(app_id):
+            if options.count > 1 and not self._block_allowed(port):
+                continue
+            if rejections.get(port) == "validator":
+                continue
+            if strategy.has_validators and not await self._block_valid(port):
+                rejections[port] = "validator"
+                continue
+
+            claimer = options.claimer(port, app_id)
+            if await claimer.try_claim():
+                if verify_delay <= 0 or await _verified(claimer, verify_delay):
+                    return claimer
+            rejections[port] = claimer.rejection or "in_use"
+
+            tried += 1
+            if tried % _CANDIDATES_PER_CHECKPOINT == 0:
+                await anyio.lowlevel.checkpoint()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        logger.debug(
+            "pass over %s found no free port: %s",
+            strategy,
+            dict(Counter(rejections.values())),
+        )
+        return None
+
+    def _block_allowed(self, port: int) -> bool:
+        last = port + self._options.count - 1
+        return last <= 65535 and all(
+            self.strategy.is_allowed(p) for p in range(port, last + 1)
+        )
+
+    async def _block_valid(self, port: int) -> bool:
+        for member in range(port, port + self._options.count):
+            if not await self.strategy.validate(member):
+                return False
+        return True
+
+    def _exhausted(
+        self, rejections: dict[int, str], attempts: int, timeout: float | None
+    ) -> PortExhaustedError:
+        counts = Counter(rejections.values())
+        counts["excluded"] = self.strategy.excluded_count
+        options = self._options
+        where = f"{'+'.join(options.kinds)} on {', '.join(options.hosts)}"
+        limit = (
+            f"within {timeout} s" if timeout is not None else "in the allowed passes"
+        )
+        msg = (
+            f"no port could be claimed for {where} from {self.strategy!r} "
+            f"{limit} ({attempts} passes); widen the strategy, release claims or raise the timeout"
+        )
+        logger.info("%s", msg)
+        return PortExhaustedError(msg, counts)
+
+    @asynccontextmanager
+    async def claim(
+        self,
+        app_id: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        verify_delay: float = 0.0,
+        timeout: float | None = 10.0,
+    ) -> AsyncIterator[PortClaimer]:
+        """Claim a port as `select_and_claim` does, and release it when the block ends."""
+        _, claimer = await self.select_and_claim(
+            app_id,
+            max_attempts=max_attempts,
+            verify_delay=verify_delay,
+            timeout=timeout,
+        )
+        async with claimer:
+            yield claimer
+
+
+async def _verified(claimer: PortClaimer, delay: float) -> bool:
+    try:
+        await claimer.verify_claim(delay)
+    except ClaimLostError:
+        await claimer.release()
+        claimer.rejection = "in_use"
+        return False
+    except BaseException:
+        await claimer.release()
+        raise
+    return True
+
+
+def _check_limits(
+    max_attempts: int | None, verify_delay: float, timeout: float | None
+) -> None:
+    if max_attempts is not None and max_attempts < 1:
+        msg = f"invalid max_attempts {max_attempts!r}: expected 1 or more, or None for no limit"
+        raise ValueError(msg)
+    if not verify_delay >= 0:
+        msg = f"invalid verify_delay {verify_delay!r}: expected seconds, 0 or more"
+        raise ValueError(msg)
+    if timeout is not None and not timeout >= 0:
+        msg = f"invalid timeout {timeout!r}: expected seconds, 0 or more, or None for no limit"
+        raise ValueError(msg)
+
+
+async def claim_exact_port(
+    port: int,
+    *,
+    options: _ClaimOptions,
+    app_id: str | None,
+    timeout: float | None,
+    verify_delay: float,
+) -> PortClaimer:
+    """Poll one port until it can be claimed, with jittered backoff, or time out."""
+    _check_limits(None, verify_delay, timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempt = 0
+    while True:
+        claimer = options.claimer(port, app_id)
+        if await claimer.try_claim():
+            if verify_delay <= 0 or await _verified(claimer, verify_delay):
+                return claimer
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            reason = claimer.rejection or "in_use"
+            msg = f"{claimer.describe()} stayed busy for {timeout} s; stop its holder or raise the timeout"
+            raise ClaimTimeoutError(msg, {reason: 1})
+        delay = backoff_delay(attempt)
+        await anyio.sleep(delay if remaining is None else min(delay, remaining))
+        attempt += 1
+
+
+@asynccontextmanager
+async def open_claim(
+    strategy: PortSelectionStrategy | object = None,
+    *,
+    host: str | Sequence[str] = "127.0.0.1",
+    kind: str | Sequence[str] = "tcp",
+    app_id: str | None = None,
+    registry: Registry | None = None,
+    timeout: float | None = 10.0,
+    count: int = 1,
+    listen: bool = True,
+    backlog: int = 128,
+    verify_delay: float = 0.0,
+) -> AsyncIterator[PortClaimer]:
+    """Claim a port as `claim_port` does, and yield the claim object with every socket.
+
+    .. versionadded:: 0.1
+    """
+    claimer = await _claim(
+        strategy,
+        host,
+        kind,
+        app_id,
+        registry,
+        timeout,
+        count,
+        listen,
+        backlog,
+        verify_delay,
+    )
+    async with claimer:
+        yield claimer
+
+
+@asynccontextmanager
+async def claim_port(
+    strategy: PortSelectionStrategy | object = None,
+    *,
+    host: str | Sequence[str] = "127.0.0.1",
+    kind: str | Sequence[str] = "tcp",
+    app_id: str | None = None,
+    registry: Registry | None = None,
+    timeout: float | None = 10.0,
+    count: int = 1,
+    listen: bool = True,
+    backlog: int = 128,
+    verify_delay: float = 0.0,
+) -> AsyncIterator[socket.socket]:
+    """Claim a port and yield its bound socket; release everything when the block ends.
+
+    `strategy` is a `PortSelectionStrategy` or any spec that `get_port`
+    accepts. A single port (``8080`` or ``"8080"``) means exactly that port:
+    its lock is polled with jittered backoff until it is free or `timeout`
+    seconds pass (`ClaimTimeoutError`). Other specs are searched until the
+    timeout (`PortExhaustedError`). TCP sockets listen unless `listen` is
+    False. With several hosts, kinds or a `count` above 1, the first socket
+    is yielded; `open_claim` yields the claim with all of them.
+
+    .. versionadded:: 0.1
+    """
+    claimer = await _claim(
+        strategy,
+        host,
+        kind,
+        app_id,
+        registry,
+        timeout,
+        count,
+        listen,
+        backlog,
+        verify_delay,
+    )
+    async with claimer:
+        yield claimer.socket
+
+
+async def _claim(
+    strategy: object,
+    host: str | Sequence[str],
+    kind: str | Sequence[str],
+    app_id: str | None,
+    registry: Registry | None,
+    timeout: float | None,
+    count: int,
+    listen: bool,
+    backlog: int,
+    verify_delay: float,
+) -> PortClaimer:
+    if not isinstance(strategy, PortSelectionStrategy):
+        spec = parse_port_spec(strategy)
+        if spec.kind == "none":
+            msg = f"port spec {strategy!r} means 'no port'; pass a port, a range or None for any port"
+            raise ValueError(msg)
+        if spec.kind == "exact" and spec.port is not None:
+            options = _ClaimOptions(
+                hosts=normalize_hosts(host),
+                kinds=normalize_kinds(kind),
+                count=count,
+                registry=registry if registry is not None else default_registry(),
+                listen=listen,
+                backlog=backlog,
+            )
+            return await claim_exact_port(
+                spec.port,
+                options=options,
+                app_id=app_id,
+                timeout=timeout,
+                verify_delay=verify_delay,
+            )
+    selector = RobustPortSelector(
+        strategy,
+        registry,
+        host=host,
+        kind=kind,
+        count=count,
+        listen=listen,
+        backlog=backlog,
+    )
+    _, claimer = await selector.select_and_claim(
+        app_id, verify_delay=verify_delay, timeout=timeout
+    )
+    return claimer

@@ -1,0 +1,165 @@
+"""The registry protocol: where claims are recorded, and the holder record."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .._system import container_id, host_name
+
+Kind = Literal["tcp", "udp"]
+
+#: Holder records are read from files and keys that other processes write,
+#: so they are size-limited before parsing.
+MAX_RECORD_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimKey:
+    """What a registry lock covers: one port of one protocol in one network scope.
+
+    .. versionadded:: 0.1
+    """
+
+    scope: str
+    kind: Kind
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class HolderRecord:
+    """Who holds a claim, as stored beside the lock for later listing.
+
+    .. versionadded:: 0.1
+    """
+
+    pid: int
+    kind: str
+    port: int
+    app_id: str | None = None
+    host: str = field(default_factory=host_name)
+    container: str | None = field(default_factory=container_id)
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def for_this_process(cls, kind: str, port: int, app_id: str | None) -> HolderRecord:
+        """Describe a claim that this process is about to take."""
+        return cls(pid=os.getpid(), kind=kind, port=port, app_id=app_id)
+
+    def to_bytes(self) -> bytes:
+        """Serialize the record as compact JSON."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HolderRecord | None:
+        """Parse a record written by another process, or return None if it is malformed.
+
+        The input is untrusted: oversized data, wrong types and out-of-range
+        numbers give None instead of an exception.
+        """
+        if not data or len(data) > MAX_RECORD_BYTES:
+            return None
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(raw, dict):
+            return None
+        return _record_from_mapping(raw)
+
+
+def _record_from_mapping(raw: dict[str, Any]) -> HolderRecord | None:
+    pid, kind, port = raw.get("pid"), raw.get("kind"), raw.get("port")
+    started = raw.get("started")
+    if not (isinstance(pid, int) and isinstance(port, int) and isinstance(kind, str)):
+        return None
+    if isinstance(pid, bool) or isinstance(port, bool):
+        return None
+    if not (0 < pid < 2**31 and 0 < port <= 65535 and kind in ("tcp", "udp")):
+        return None
+    if not (isinstance(started, int | float) and math.isfinite(started)):
+        return None
+
+    texts = {name: raw.get(name) for name in ("app_id", "host", "container")}
+    if not all(value is None or isinstance(value, str) for value in texts.values()):
+        return None
+    return HolderRecord(
+        pid=pid,
+        kind=kind,
+        port=port,
+        app_id=texts["app_id"],
+        host=texts["host"] or "",
+        container=texts["container"],
+        started=float(started),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimInfo:
+    """One entry of a registry listing.
+
+    `held` tells whether a live holder owns the lock now; `record` is the last
+    holder record found, or None when there is none or it was malformed.
+
+    .. versionadded:: 0.1
+    """
+
+    key: ClaimKey
+    held: bool
+    record: HolderRecord | None
+    location: str
+
+
+class Lease(ABC):
+    """A registry lock that this process holds on one `ClaimKey`.
+
+    .. versionadded:: 0.1
+    """
+
+    key: ClaimKey
+
+    @abstractmethod
+    async def is_held(self) -> bool:
+        """Check that the lock is still ours."""
+
+    @abstractmethod
+    async def release(self) -> None:
+        """Give the lock back. Calling it again does nothing."""
+
+    def try_release_now(self) -> bool:
+        """Release without awaiting if this lease can; return whether it did.
+
+        Local leases release at once, which keeps the claim path free of
+        checkpoints; remote ones return False and are released by `release`.
+        """
+        return False
+
+
+class Registry(ABC):
+    """Where claims live: a store that grants one lease per `ClaimKey`.
+
+    `try_acquire` never waits for a busy key: it returns None, and the caller
+    moves on to the next candidate or polls.
+
+    .. versionadded:: 0.1
+    """
+
+    #: Short name for logs and metrics.
+    name: str = "registry"
+
+    @abstractmethod
+    def scope(self) -> str:
+        """Name the network scope in which this registry's keys are unique."""
+
+    @abstractmethod
+    async def try_acquire(self, key: ClaimKey, holder: HolderRecord) -> Lease | None:
+        """Take the lock for `key` and record `holder`, or return None if it is taken."""
+
+    @abstractmethod
+    async def list_claims(self) -> list[ClaimInfo]:
+        """List the claims this registry knows of, held or left behind."""

@@ -1,0 +1,383 @@
+"""The default registry: one lock file per port, locked with flock."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import stat
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+
+from .._exceptions import LockDirectoryError
+from .._system import is_windows, network_scope
+from ._base import MAX_RECORD_BYTES, ClaimInfo, ClaimKey, HolderRecord, Lease, Registry
+from ._locking import lock_nowait, unlock
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable that sets the lock directory when no path is given.
+LOCK_DIR_ENV = "AIOPORTCLAIM_LOCK_DIR"
+
+_LOCK_NAME = re.compile(r"^(tcp|udp)-([0-9]{1,5})\.lock$")
+_OPEN_FLAGS = (
+    os.O_RDWR
+    | os.O_CREAT
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+# A cleaner can unlink and recreate a lock file between our open and our lock.
+# Each retry starts from a fresh open; past this many the key counts as busy.
+_INODE_RETRIES = 3
+
+# Keys held through any FileLockRegistry of this process, by lock file path.
+# flock already makes two open files of one process conflict, but on NFS
+# Linux emulates flock with POSIX locks, which belong to the whole process.
+# This table keeps same-process claims exclusive there too, and lets the
+# claim path skip our own ports without a system call.
+_held_here: dict[str, FileLease] = {}
+_held_here_lock = threading.Lock()
+
+
+def default_lock_dir() -> Path:
+    """Return the lock directory to use when none is passed.
+
+    `AIOPORTCLAIM_LOCK_DIR` wins; otherwise a per-user directory under the
+    system temporary directory.
+    """
+    configured = os.environ.get(LOCK_DIR_ENV)
+    if configured:
+        return Path(configured)
+    user = os.geteuid() if hasattr(os, "geteuid") else os.getlogin()
+    return Path(tempfile.gettempdir()) / f"aioportclaim-{user}"
+
+
+class FileLease(Lease):
+    """A flock on one open lock file, with the file's identity at lock time."""
+
+    __slots__ = ("_fd", "_identity", "key", "path")
+
+    def __init__(
+        self, key: ClaimKey, path: str, fd: int, identity: tuple[int, int]
+    ) -> None:
+        self.key = key
+        self.path = path
+        self._fd = fd
+        self._identity = identity
+
+    @property
+    def fd(self) -> int:
+        """Descriptor of the locked file, or -1 once released."""
+        return self._fd
+
+    async def is_held(self) -> bool:
+        return self.is_held_now()
+
+    def is_held_now(self) -> bool:
+        """Check that the file at the path is still the inode we locked."""
+        if self._fd < 0:
+            return False
+        try:
+            current = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (current.st_dev, current.st_ino) == self._identity
+
+    async def release(self) -> None:
+        self.release_now()
+
+    def try_release_now(self) -> bool:
+        self.release_now()
+        return True
+
+    def release_now(self) -> None:
+        """Empty the holder record, unlock and close; later calls do nothing."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        _live_leases.discard(self)
+        with _held_here_lock:
+            if _held_here.get(self.path) is self:
+                del _held_here[self.path]
+        try:
+            os.ftruncate(fd, 0)
+            unlock(fd)
+        except OSError as error:
+            logger.warning("failed to clear lock file %s: %s", self.path, error)
+        finally:
+            os.close(fd)
+
+    def forget_after_fork(self) -> None:
+        """Close the descriptor that a forked child inherited, keeping the parent's lock."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class FileLockRegistry(Registry):
+    """Claims as locked files in a directory, one file per protocol and port.
+
+    The kernel drops a file lock when its holder dies, so a crashed process
+    leaves no stale claim. Lock files stay after release, because creating a
+    file costs more than locking an existing one; `prune` removes unheld ones.
+    Locks live in one subdirectory per network namespace.
+
+    .. versionadded:: 0.1
+    """
+
+    name = "file"
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_lock_dir()
+        self._scope = network_scope()
+        self._scope_dir: str | None = None
+
+    def __repr__(self) -> str:
+        return f"FileLockRegistry({str(self.path)!r})"
+
+    def scope(self) -> str:
+        return self._scope
+
+    def scope_dir(self) -> str:
+        """Return this namespace's lock directory, created and checked on first use."""
+        if self._scope_dir is None:
+            shared = _prepare_directory(self.path, parent_mode=0o700)
+            scope_dir = self.path / self._scope
+            _prepare_directory(scope_dir, parent_mode=0o1777 if shared else 0o700)
+            self._scope_dir = str(scope_dir)
+        return self._scope_dir
+
+    def lock_path(self, key: ClaimKey) -> str:
+        """Return the lock file path for `key`."""
+        return f"{self.scope_dir()}{os.sep}{key.kind}-{key.port}.lock"
+
+    async def try_acquire(self, key: ClaimKey, holder: HolderRecord) -> Lease | None:
+        return self.try_acquire_now(key, holder)
+
+    def try_acquire_now(self, key: ClaimKey, holder: HolderRecord) -> FileLease | None:
+        """Lock the file for `key` without blocking; None if another holder has it."""
+        path = self.lock_path(key)
+        with _held_here_lock:
+            if path in _held_here:
+                return None
+        for _ in range(_INODE_RETRIES):
+            lease = self._lock_file(key, path)
+            if lease is None:
+                return None
+            if lease.is_held_now():
+                return self._record(lease, holder)
+            logger.debug("lock file %s was replaced while locking it; retrying", path)
+            lease.release_now()
+        return None
+
+    def _lock_file(self, key: ClaimKey, path: str) -> FileLease | None:
+        try:
+            fd = os.open(path, _OPEN_FLAGS, 0o644)
+        except OSError as error:
+            self._check_open_error(path, error)
+            return None
+        try:
+            if not lock_nowait(fd):
+                os.close(fd)
+                return None
+            status = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return FileLease(key, path, fd, (status.st_dev, status.st_ino))
+
+    def _check_open_error(self, path: str, error: OSError) -> None:
+        if error.errno == errno.ELOOP:
+            message = f"lock file {path} is a symbolic link; remove it, because lock files must be regular files"
+            raise LockDirectoryError(message, path) from error
+        if error.errno == errno.EACCES and os.path.exists(path):
+            # Another user's lock file in a shared directory: that user's claim.
+            logger.debug(
+                "lock file %s belongs to another user; counting it as locked", path
+            )
+            return
+        raise _directory_error(os.path.dirname(path), error) from error
+
+    def _record(self, lease: FileLease, holder: HolderRecord) -> FileLease:
+        try:
+            data = holder.to_bytes()
+            os.ftruncate(lease.fd, 0)
+            os.pwrite(lease.fd, data, 0)
+        except OSError as error:
+            lease.release_now()
+            raise _directory_error(os.path.dirname(lease.path), error) from error
+        with _held_here_lock:
+            _held_here[lease.path] = lease
+        _live_leases.add(lease)
+        return lease
+
+    async def list_claims(self) -> list[ClaimInfo]:
+        return self.list_claims_now()
+
+    def list_claims_now(self, *, all_scopes: bool = False) -> list[ClaimInfo]:
+        """List lock files of this namespace, or of every namespace in the directory."""
+        scope_dirs = _list_scope_dirs(self.path) if all_scopes else [self.scope_dir()]
+        claims: list[ClaimInfo] = []
+        for scope_dir in scope_dirs:
+            claims.extend(_list_directory(scope_dir))
+        claims.sort(key=lambda info: (info.key.scope, info.key.port, info.key.kind))
+        return claims
+
+    def prune(self) -> list[str]:
+        """Remove lock files that no process holds, and return their paths.
+
+        Each file is locked before it is unlinked, so a holder is never
+        disturbed; a claimer that opened the file just before sees the inode
+        change and retries.
+        """
+        return [
+            info.location
+            for info in self.list_claims_now()
+            if not info.held and _remove_if_unheld(info.location)
+        ]
+
+
+def _prepare_directory(path: Path, *, parent_mode: int) -> bool:
+    """Create `path` if missing and check that it is safe; return whether it is shared.
+
+    A directory is safe when it is a real directory (not a symbolic link),
+    owned by this user or by root, writable by us, and writable by others
+    only with the sticky bit set. A sticky directory counts as shared.
+    """
+    text = str(path)
+    try:
+        os.makedirs(text, mode=parent_mode, exist_ok=True)
+    except FileExistsError:
+        pass  # a symbolic link or a file: reported by the checks below
+    except OSError as error:
+        raise _directory_error(text, error) from error
+    try:
+        status = os.lstat(text)
+    except OSError as error:
+        raise _directory_error(text, error) from error
+
+    _check_directory(text, status)
+    return bool(status.st_mode & stat.S_ISVTX)
+
+
+def _check_directory(path: str, status: os.stat_result) -> None:
+    if stat.S_ISLNK(status.st_mode):
+        message = f"lock directory {path} is a symbolic link; set {LOCK_DIR_ENV} to the real directory it points to"
+        raise LockDirectoryError(message, path)
+    if not stat.S_ISDIR(status.st_mode):
+        message = f"lock directory {path} exists but is not a directory; remove it or set {LOCK_DIR_ENV} to another path"
+        raise LockDirectoryError(message, path)
+    if is_windows():
+        return
+
+    euid = os.geteuid()
+    if status.st_uid not in (euid, 0):
+        message = f"lock directory {path} is owned by uid {status.st_uid}, not by this user (uid {euid}); set {LOCK_DIR_ENV} to a directory you own"
+        raise LockDirectoryError(message, path)
+    others_write = status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if others_write and not status.st_mode & stat.S_ISVTX:
+        message = f"lock directory {path} is writable by other users without the sticky bit, so they could replace lock files; run 'chmod 700 {path}' or 'chmod +t {path}'"
+        raise LockDirectoryError(message, path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        message = f"lock directory {path} is not writable by this user; fix its permissions or set {LOCK_DIR_ENV} to a writable directory"
+        raise LockDirectoryError(message, path)
+
+
+def _directory_error(path: str, error: OSError) -> LockDirectoryError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space or quota on that file system, or set " + LOCK_DIR_ENV
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "fix its permissions or set " + LOCK_DIR_ENV + " to a writable directory"
+    else:
+        fix = "check the directory or set " + LOCK_DIR_ENV + " to another one"
+    message = f"cannot use lock directory {path}: {error.strerror or error}; {fix}"
+    return LockDirectoryError(message, path)
+
+
+def _list_scope_dirs(base: Path) -> list[str]:
+    try:
+        entries = os.scandir(base)
+    except FileNotFoundError:
+        return []
+    with entries:
+        return [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
+
+
+def _list_directory(scope_dir: str) -> list[ClaimInfo]:
+    scope = os.path.basename(scope_dir)
+    claims = []
+    with os.scandir(scope_dir) as entries:
+        for entry in entries:
+            match = _LOCK_NAME.match(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            key = ClaimKey(scope, match.group(1), int(match.group(2)))  # type: ignore[arg-type]
+            held, record = _inspect_lock_file(entry.path)
+            claims.append(ClaimInfo(key, held, record, entry.path))
+    return claims
+
+
+def _inspect_lock_file(path: str) -> tuple[bool, HolderRecord | None]:
+    # Testing the lock takes it for a moment: a claimer racing for this port
+    # then sees it busy and moves on to its next candidate.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
+    except OSError:
+        return False, None
+    try:
+        data = os.pread(fd, MAX_RECORD_BYTES + 1, 0)
+        if lock_nowait(fd):
+            unlock(fd)
+            held = False
+        else:
+            held = True
+    finally:
+        os.close(fd)
+    return held, HolderRecord.from_bytes(data)
+
+
+def _remove_if_unheld(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not lock_nowait(fd):
+            return False
+        opened = os.fstat(fd)
+        current = os.stat(path, follow_symlinks=False)
+        if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+# Leases alive in this process, so a forked child can drop its inherited copies.
+_live_leases: weakref.WeakSet[FileLease] = weakref.WeakSet()
+
+
+def _forget_leases_in_child() -> None:
+    # The child shares each locked open file with its parent. Closing the
+    # child's copies leaves the parent's locks in place, and the child's
+    # leases then report themselves released instead of closing reused fds.
+    for lease in list(_live_leases):
+        lease.forget_after_fork()
+    _live_leases.clear()
+    _held_here.clear()
+    global _held_here_lock
+    _held_here_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_leases_in_child)
