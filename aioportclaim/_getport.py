@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 from typing import TYPE_CHECKING
 
 import anyio
@@ -59,9 +60,24 @@ def get_port_sync(
 
     .. versionadded:: 0.1
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if not _event_loop_running():
         return anyio.run(get_port, ports, exclude_ports)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(anyio.run, get_port, ports, exclude_ports).result()
+
+
+def _event_loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return True
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True

@@ -59,10 +59,10 @@ def parse_port_list(text: str) -> frozenset[int]:
     """Parse the kernel's ``"8080,9000-9010"`` form; malformed items are skipped."""
     ports: set[int] = set()
     for item in text.split(","):
-        low_text, _, high_text = item.strip().partition("-")
+        low_text, dash, high_text = item.strip().partition("-")
         try:
             low = int(low_text)
-            high = int(high_text) if high_text else low
+            high = int(high_text) if dash else low
         except ValueError:
             continue
         ports.update(range(max(low, 0), min(high, MAX_PORT) + 1))

@@ -15,7 +15,8 @@ from pathlib import Path
 from .._exceptions import LockDirectoryError
 from .._system import is_windows, network_scope
 from ._base import MAX_RECORD_BYTES, ClaimInfo, ClaimKey, HolderRecord, Lease, Registry
-from ._locking import lock_nowait, unlock
+from ._locking import lock_nowait as lock_nowait
+from ._locking import unlock
 
 logger = logging.getLogger(__name__)
 
