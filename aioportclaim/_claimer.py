@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -58,7 +59,7 @@ class PortClaimer:
         listen: bool = True,
         backlog: int = _DEFAULT_BACKLOG,
     ) -> None:
-        self.port = _check_port(port, count)
+        self.port = check_port(port, count)
         self.ports = tuple(range(port, port + count))
         self.hosts = normalize_hosts(host)
         self.kinds = normalize_kinds(kind)
@@ -215,6 +216,16 @@ class PortClaimer:
         )
         raise ClaimLostError(msg)
 
+    def close_sockets(self) -> None:
+        """Close every socket but keep the registry locks, so another process can bind the port.
+
+        `release` still gives the locks back.
+        """
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+        logger.debug("closed the sockets of %s, keeping its locks", self.describe())
+
     async def release(self) -> None:
         """Close every socket and give back every lock. Calling it again does nothing."""
         was_claimed, self._claimed = self._claimed, False
@@ -310,7 +321,17 @@ def normalize_hosts(host: str | Sequence[str]) -> tuple[str, ...]:
     ``"localhost"`` becomes 127.0.0.1 and, where IPv6 works, ::1: clients
     that connect to "localhost" may reach either.
     """
-    items = [host] if isinstance(host, str) else list(host)
+    items = (host,) if isinstance(host, str) else tuple(host)
+    try:
+        return _normalize_host_tuple(items)
+    except TypeError:
+        if all(isinstance(item, str) for item in items):
+            raise
+        return _normalize_host_tuple.__wrapped__(items)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_host_tuple(items: tuple[str, ...]) -> tuple[str, ...]:
     if not items:
         msg = "host must name at least one address, for example '127.0.0.1'"
         raise ValueError(msg)
@@ -354,7 +375,8 @@ def normalize_kinds(kind: str | Sequence[str]) -> tuple[Kind, ...]:
     return tuple(kinds)
 
 
-def _check_port(port: object, count: object) -> int:
+def check_port(port: object, count: object) -> int:
+    """Validate a port and a block size; return the port."""
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         msg = f"invalid count {count!r}: expected a whole number of ports, 1 or more"
         raise ValueError(msg)

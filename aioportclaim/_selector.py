@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from ._claimer import PortClaimer, normalize_hosts, normalize_kinds
+from ._claimer import PortClaimer, check_port, normalize_hosts, normalize_kinds
 from ._exceptions import ClaimLostError, ClaimTimeoutError, PortExhaustedError
 from ._spec import parse_port_spec
 from ._strategy import PortSelectionStrategy
@@ -89,7 +89,7 @@ class RobustPortSelector:
             self.strategy = strategy
         else:
             self.strategy = PortSelectionStrategy(strategy)
-        PortClaimer(1, count=count)  # validates count before any claim
+        check_port(1, count)
         self._options = _ClaimOptions(
             hosts=normalize_hosts(host),
             kinds=normalize_kinds(kind),

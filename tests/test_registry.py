@@ -227,7 +227,7 @@ class TestListing:
         assert info.record.app_id == "billing"
         assert info.record.kind == "tcp"
 
-    async def test_released_claim_listed_unheld(
+    async def test_released_claim_keeps_last_holder(
         self, registry: FileLockRegistry
     ) -> None:
         async with claim_port(registry=registry):
@@ -235,7 +235,8 @@ class TestListing:
         [info] = await registry.list_claims()
 
         assert not info.held
-        assert info.record is None
+        assert info.record is not None
+        assert info.record.pid == os.getpid()
 
     async def test_prune_removes_only_unheld(self, registry: FileLockRegistry) -> None:
         async with claim_port(registry=registry):

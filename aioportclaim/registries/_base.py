@@ -7,7 +7,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._system import container_id, host_name
@@ -53,7 +53,16 @@ class HolderRecord:
 
     def to_bytes(self) -> bytes:
         """Serialize the record as compact JSON."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        fields = {
+            "pid": self.pid,
+            "kind": self.kind,
+            "port": self.port,
+            "app_id": self.app_id,
+            "host": self.host,
+            "container": self.container,
+            "started": self.started,
+        }
+        return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HolderRecord | None:

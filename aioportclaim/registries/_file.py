@@ -34,6 +34,8 @@ _OPEN_FLAGS = (
 # A cleaner can unlink and recreate a lock file between our open and our lock.
 # Each retry starts from a fresh open; past this many the key counts as busy.
 _INODE_RETRIES = 3
+# Holder records are padded to this many bytes; longer ones are written whole.
+_RECORD_SIZE = 256
 
 # Keys held through any FileLockRegistry of this process, by lock file path.
 # flock already makes two open files of one process conflict, but on NFS
@@ -60,7 +62,7 @@ def default_lock_dir() -> Path:
 class FileLease(Lease):
     """A flock on one open lock file, with the file's identity at lock time."""
 
-    __slots__ = ("_fd", "_identity", "key", "path")
+    __slots__ = ("_fd", "_identity", "file_size", "key", "path")
 
     def __init__(
         self, key: ClaimKey, path: str, fd: int, identity: tuple[int, int]
@@ -69,6 +71,7 @@ class FileLease(Lease):
         self.path = path
         self._fd = fd
         self._identity = identity
+        self.file_size = 0
 
     @property
     def fd(self) -> int:
@@ -96,7 +99,11 @@ class FileLease(Lease):
         return True
 
     def release_now(self) -> None:
-        """Empty the holder record, unlock and close; later calls do nothing."""
+        """Unlock and close; later calls do nothing.
+
+        The holder record stays in the file, so a listing can show the last
+        holder; the lock test tells whether it still holds.
+        """
         fd, self._fd = self._fd, -1
         if fd < 0:
             return
@@ -105,10 +112,9 @@ class FileLease(Lease):
             if _held_here.get(self.path) is self:
                 del _held_here[self.path]
         try:
-            os.ftruncate(fd, 0)
             unlock(fd)
         except OSError as error:
-            logger.warning("failed to clear lock file %s: %s", self.path, error)
+            logger.warning("failed to unlock %s: %s", self.path, error)
         finally:
             os.close(fd)
 
@@ -192,7 +198,9 @@ class FileLockRegistry(Registry):
         except BaseException:
             os.close(fd)
             raise
-        return FileLease(key, path, fd, (status.st_dev, status.st_ino))
+        lease = FileLease(key, path, fd, (status.st_dev, status.st_ino))
+        lease.file_size = status.st_size
+        return lease
 
     def _check_open_error(self, path: str, error: OSError) -> None:
         if error.errno == errno.ELOOP:
@@ -208,9 +216,12 @@ class FileLockRegistry(Registry):
 
     def _record(self, lease: FileLease, holder: HolderRecord) -> FileLease:
         try:
-            data = holder.to_bytes()
-            os.ftruncate(lease.fd, 0)
+            # Padding to a fixed size overwrites any older record without a
+            # truncate call; JSON ignores the trailing spaces.
+            data = holder.to_bytes().ljust(_RECORD_SIZE)
             os.pwrite(lease.fd, data, 0)
+            if lease.file_size > len(data):
+                os.ftruncate(lease.fd, len(data))
         except OSError as error:
             lease.release_now()
             raise _directory_error(os.path.dirname(lease.path), error) from error
