@@ -151,6 +151,9 @@ class RobustPortSelector:
                 continue
             if rejections.get(port) == "validator":
                 continue
+            if self._held_here(port):
+                rejections[port] = "locked"
+                continue
             if strategy.has_validators and not await self._block_valid(port):
                 rejections[port] = "validator"
                 continue
@@ -172,6 +175,13 @@ class RobustPortSelector:
             dict(Counter(rejections.values())),
         )
         return None
+
+    def _held_here(self, port: int) -> bool:
+        registry = self._options.registry
+        for kind in self._options.kinds:
+            if registry.is_held_here(kind, port):
+                return True
+        return False
 
     def _block_allowed(self, port: int) -> bool:
         last = port + self._options.count - 1

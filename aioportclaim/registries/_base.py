@@ -172,3 +172,12 @@ class Registry(ABC):
     @abstractmethod
     async def list_claims(self) -> list[ClaimInfo]:
         """List the claims this registry knows of, held or left behind."""
+
+    def is_held_here(self, kind: str, port: int) -> bool:
+        """Tell, without I/O, whether this process already holds `port` here.
+
+        Selectors use it to skip their own claims cheaply, which keeps a
+        claim fast when this process already holds most of a range. False
+        means "not known to be held", not "free".
+        """
+        return False

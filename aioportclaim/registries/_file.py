@@ -161,6 +161,11 @@ class FileLockRegistry(Registry):
             self._scope_dir = str(scope_dir)
         return self._scope_dir
 
+    def is_held_here(self, kind: str, port: int) -> bool:
+        if self._scope_dir is None:
+            return False
+        return f"{self._scope_dir}{os.sep}{kind}-{port}.lock" in _held_here
+
     def lock_path(self, key: ClaimKey) -> str:
         """Return the lock file path for `key`."""
         return f"{self.scope_dir()}{os.sep}{key.kind}-{key.port}.lock"

@@ -69,6 +69,9 @@ class MemoryRegistry(Registry):
             )
         return [ClaimInfo(key, True, record, "memory") for key, (_, record) in entries]
 
+    def is_held_here(self, kind: str, port: int) -> bool:
+        return ClaimKey(self._scope, kind, port) in self._leases  # type: ignore[arg-type]
+
     def holder_of(self, key: ClaimKey) -> MemoryLease | None:
         """Return the lease that holds `key`, if any."""
         entry = self._leases.get(key)
