@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal, Self
 import anyio
 
 from ._exceptions import ClaimLostError, PortClaimError, PortExhaustedError
+from ._metrics_base import resolve_recorder
+from ._metrics_logging import RepeatLimiter
 from ._system import is_windows
 from ._verify import counterpart_host, family_of, is_port_taken, is_socket_bound
 from .registries import ClaimKey, HolderRecord, Registry
@@ -21,9 +23,12 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import TracebackType
 
+    from ._metrics_base import MetricsRecorder
     from .registries import Lease
 
 logger = logging.getLogger(__name__)
+# An exact-port claim polls a busy port many times a second.
+_repeat_log = RepeatLimiter(logger)
 
 Kind = Literal["tcp", "udp"]
 Rejection = Literal["in_use", "locked"]
@@ -58,6 +63,7 @@ class PortClaimer:
         app_id: str | None = None,
         listen: bool = True,
         backlog: int = _DEFAULT_BACKLOG,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         self.port = check_port(port, count)
         self.ports = tuple(range(port, port + count))
@@ -67,6 +73,9 @@ class PortClaimer:
         self.app_id = app_id
         self.listen = listen
         self.backlog = backlog
+        #: Where this claim reports its metrics: `metrics`, else the
+        #: registry's recorder, else the process-wide default, else None.
+        self.metrics = resolve_recorder(metrics, self.registry)
         #: Why the last `try_claim` failed: "locked" or "in_use".
         self.rejection: Rejection | None = None
         self._leases: list[Lease] = []
@@ -121,6 +130,9 @@ class PortClaimer:
             msg = f"{self.describe()} is already claimed; release() it before claiming again"
             raise RuntimeError(msg)
         self.rejection = None
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.record_attempt()
         try:
             claimed = await self._lock_all() and self._bind_all() and self._probe_all()
         except BaseException:
@@ -128,10 +140,22 @@ class PortClaimer:
             raise
         if not claimed:
             await self._undo()
-            logger.debug("%s is busy: %s", self.describe(), self.rejection)
+            if metrics is not None:
+                metrics.record_failure(self.rejection or "in_use")
+            if logger.isEnabledFor(logging.DEBUG):
+                _repeat_log.log(
+                    logging.DEBUG,
+                    "%s is busy: %s",
+                    self.describe(),
+                    self.rejection,
+                    key=self.port,
+                    extra=self._log_fields(),
+                )
             return False
 
         self._claimed = True
+        if metrics is not None:
+            metrics.record_success()
         if logger.isEnabledFor(logging.INFO):
             logger.info("claimed %s", self.describe(), extra=self._log_fields())
         return True
@@ -206,8 +230,11 @@ class PortClaimer:
             await anyio.sleep(delay)
         reason = await self._find_loss()
         if reason is None:
-            logger.debug("verified %s", self.describe())
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("verified %s", self.describe(), extra=self._log_fields())
             return
+        if self.metrics is not None and self._claimed:
+            self.metrics.record_failure("lost")
         logger.warning(
             "lost claim of %s: %s", self.describe(), reason, extra=self._log_fields()
         )
@@ -229,6 +256,8 @@ class PortClaimer:
     async def release(self) -> None:
         """Close every socket and give back every lock. Calling it again does nothing."""
         was_claimed, self._claimed = self._claimed, False
+        if was_claimed and self.metrics is not None:
+            self.metrics.record_release()
         await self._undo()
         if was_claimed and logger.isEnabledFor(logging.INFO):
             logger.info("released %s", self.describe(), extra=self._log_fields())
@@ -294,6 +323,10 @@ def bind_socket(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined,unused-ignore]
         elif kind == "tcp" and listen:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if host == "::":
+            # Dual-stack, whatever net.ipv6.bindv6only says, so the claim
+            # covers IPv4 as well and needs no probe of 0.0.0.0.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
         if kind == "tcp" and listen:
             sock.listen(backlog)

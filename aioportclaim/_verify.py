@@ -8,11 +8,11 @@ import socket
 from ._system import is_windows
 
 # The address that clients of "localhost" may reach in the other IP family.
+# "::" has none: claims bind it dual-stack, so its bind covers IPv4 too.
 _COUNTERPART = {
     "127.0.0.1": "::1",
     "::1": "127.0.0.1",
     "0.0.0.0": "::",
-    "::": "0.0.0.0",
 }
 
 # Errors that mean the address family or address does not exist on this host.

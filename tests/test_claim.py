@@ -415,3 +415,32 @@ class TestCrossProcess:
 
         assert result.returncode == 0, result.stderr
         assert any((tmp_path / "env-locks").iterdir())
+
+
+class TestWildcards:
+    @pytest.mark.parametrize(
+        ("host", "expected"), [("0.0.0.0", "0.0.0.0"), ("", "0.0.0.0"), ("::", "::")]
+    )
+    async def test_wildcard_claim_binds_all(
+        self, registry: FileLockRegistry, host: str, expected: str
+    ) -> None:
+        if ":" in expected:
+            require_ipv6()
+        async with claim_port(host=host, registry=registry) as sock:
+            port = sock.getsockname()[1]
+
+            assert sock.getsockname()[0] == expected
+            assert bind_from_child(port, "tcp") == f"FAILED {errno.EADDRINUSE}"
+
+    async def test_wildcard_avoids_port_taken_on_ipv6(
+        self, registry: FileLockRegistry
+    ) -> None:
+        require_ipv6()
+        ports = find_free_ports(2)
+        with socket.socket(socket.AF_INET6) as holder:
+            holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            holder.bind(("::", ports[0]))
+            holder.listen()
+
+            async with claim_port(ports, host="0.0.0.0", registry=registry) as sock:
+                assert sock.getsockname()[1] == ports[1]
