@@ -7,6 +7,7 @@ own virtual environment, so a machine with only Python and nox is enough.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,11 +22,20 @@ EXTRAS = ".[redis,prometheus,opentelemetry]"
 # out instead, and the running interpreter is always available.
 SUPPORTED = ("3.11", "3.12", "3.13", "3.14")
 CURRENT = f"{sys.version_info.major}.{sys.version_info.minor}"
-PYTHONS = [
-    version
-    for version in SUPPORTED
-    if version == CURRENT or shutil.which(f"python{version}")
-]
+
+
+def _runs(version: str) -> bool:
+    # A version manager's shim can exist without a working interpreter.
+    executable = shutil.which(f"python{version}")
+    if executable is None:
+        return False
+    result = subprocess.run(
+        [executable, "-c", "pass"], capture_output=True, check=False, timeout=30
+    )
+    return result.returncode == 0
+
+
+PYTHONS = [version for version in SUPPORTED if version == CURRENT or _runs(version)]
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
