@@ -48,7 +48,7 @@ def install_group(session: nox.Session, group: str) -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Run the test suite on asyncio and trio, against the installed package."""
+    """Run the test suite on asyncio and trio."""
     install_group(session, "tests")
     session.install(EXTRAS)
     session.run("python", "-m", "pytest", *session.posargs)
