@@ -7,7 +7,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self, cast
 
 import anyio
 
@@ -141,7 +141,8 @@ class PortClaimer:
         if not claimed:
             await self._undo()
             if metrics is not None:
-                metrics.record_failure(self.rejection or "in_use")
+                # The failed step has set the rejection; mypy still sees the reset above.
+                metrics.record_failure(cast("Rejection", self.rejection))
             if logger.isEnabledFor(logging.DEBUG):
                 _repeat_log.log(
                     logging.DEBUG,

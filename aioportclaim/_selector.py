@@ -15,6 +15,8 @@ import anyio.lowlevel
 
 from ._claimer import PortClaimer, check_port, normalize_hosts, normalize_kinds
 from ._exceptions import ClaimLostError, ClaimTimeoutError, PortExhaustedError
+from ._metrics_base import resolve_recorder
+from ._metrics_logging import RepeatLimiter, log_fields
 from ._spec import parse_port_spec
 from ._strategy import PortSelectionStrategy
 from .registries._defaults import default_registry
@@ -23,9 +25,12 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import AsyncIterator, Sequence
 
+    from ._metrics_base import FailureReason, MetricsRecorder
     from .registries import Registry
 
 logger = logging.getLogger(__name__)
+# Pass summaries and failed claims repeat while a service keeps retrying.
+_repeat_log = RepeatLimiter(logger)
 
 #: Seconds: the first backoff cap between passes, and the largest one.
 BACKOFF_BASE = 0.005
@@ -33,6 +38,8 @@ BACKOFF_MAX = 0.5
 # A pass yields to the event loop after this many candidates, so a long
 # pass over busy ports neither starves other tasks nor ignores cancellation.
 _CANDIDATES_PER_CHECKPOINT = 64
+# Verdicts that hold for the whole claim, so later passes skip the port.
+_REMEMBERED_REJECTIONS = ("excluded", "validator")
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
@@ -49,6 +56,7 @@ class _ClaimOptions:
     registry: Registry
     listen: bool
     backlog: int
+    metrics: MetricsRecorder | None = None
 
     def claimer(self, port: int, app_id: str | None) -> PortClaimer:
         return PortClaimer(
@@ -60,6 +68,7 @@ class _ClaimOptions:
             app_id=app_id,
             listen=self.listen,
             backlog=self.backlog,
+            metrics=self.metrics,
         )
 
 
@@ -84,19 +93,22 @@ class RobustPortSelector:
         count: int = 1,
         listen: bool = True,
         backlog: int = 128,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         if isinstance(strategy, PortSelectionStrategy):
             self.strategy = strategy
         else:
             self.strategy = PortSelectionStrategy(strategy)
         check_port(1, count)
+        registry = registry if registry is not None else default_registry()
         self._options = _ClaimOptions(
             hosts=normalize_hosts(host),
             kinds=normalize_kinds(kind),
             count=count,
-            registry=registry if registry is not None else default_registry(),
+            registry=registry,
             listen=listen,
             backlog=backlog,
+            metrics=resolve_recorder(metrics, registry),
         )
 
     def __repr__(self) -> str:
@@ -118,12 +130,16 @@ class RobustPortSelector:
         moves on to the next candidate. The caller releases the claimer.
         """
         _check_limits(max_attempts, verify_delay, timeout)
+        metrics = self._options.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
         rejections: dict[int, str] = {}
         attempt = 0
         while True:
             claimer = await self._run_pass(app_id, verify_delay, deadline, rejections)
             if claimer is not None:
+                if metrics is not None:
+                    metrics.record_claim_duration(time.perf_counter() - started)
                 return claimer.port, claimer
             attempt += 1
             if self.strategy.allowed_count == 0:
@@ -135,7 +151,7 @@ class RobustPortSelector:
                 break
             delay = backoff_delay(attempt - 1)
             await anyio.sleep(delay if remaining is None else min(delay, remaining))
-        raise self._exhausted(rejections, attempt, timeout)
+        raise self._exhausted(rejections, attempt, timeout, app_id)
 
     async def _run_pass(
         self,
@@ -145,17 +161,25 @@ class RobustPortSelector:
         rejections: dict[int, str],
     ) -> PortClaimer | None:
         strategy, options = self.strategy, self._options
+        metrics = options.metrics
         tried = 0
         for port in strategy.candidates(app_id):
-            if options.count > 1 and not self._block_allowed(port):
+            if rejections.get(port) in _REMEMBERED_REJECTIONS:
                 continue
-            if rejections.get(port) == "validator":
+            if options.count > 1 and not self._block_allowed(port):
+                rejections[port] = "excluded"
+                if metrics is not None:
+                    _record_rejection(metrics, "excluded")
                 continue
             if self._held_here(port):
                 rejections[port] = "locked"
+                if metrics is not None:
+                    _record_rejection(metrics, "locked")
                 continue
             if strategy.has_validators and not await self._block_valid(port):
                 rejections[port] = "validator"
+                if metrics is not None:
+                    _record_rejection(metrics, "validator")
                 continue
 
             claimer = options.claimer(port, app_id)
@@ -169,11 +193,16 @@ class RobustPortSelector:
                 await anyio.lowlevel.checkpoint()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-        logger.debug(
-            "pass over %s found no free port: %s",
-            strategy,
-            dict(Counter(rejections.values())),
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            strategy_text = repr(strategy)
+            _repeat_log.log(
+                logging.DEBUG,
+                "pass over %s found no free port: %s",
+                strategy_text,
+                dict(Counter(rejections.values())),
+                key=strategy_text,
+                extra=log_fields(None, options.kinds, app_id, options.registry),
+            )
         return None
 
     def _held_here(self, port: int) -> bool:
@@ -196,20 +225,33 @@ class RobustPortSelector:
         return True
 
     def _exhausted(
-        self, rejections: dict[int, str], attempts: int, timeout: float | None
+        self,
+        rejections: dict[int, str],
+        attempts: int,
+        timeout: float | None,
+        app_id: str | None,
     ) -> PortExhaustedError:
         counts = Counter(rejections.values())
         counts["excluded"] = self.strategy.excluded_count
         options = self._options
+        if options.metrics is not None:
+            options.metrics.record_failure("exhausted")
         where = f"{'+'.join(options.kinds)} on {', '.join(options.hosts)}"
         limit = (
             f"within {timeout} s" if timeout is not None else "in the allowed passes"
         )
+        strategy_text = repr(self.strategy)
         msg = (
-            f"no port could be claimed for {where} from {self.strategy!r} "
+            f"no port could be claimed for {where} from {strategy_text} "
             f"{limit} ({attempts} passes); widen the strategy, release claims or raise the timeout"
         )
-        logger.info("%s", msg)
+        _repeat_log.log(
+            logging.INFO,
+            "%s",
+            msg,
+            key=(where, strategy_text),
+            extra=log_fields(None, options.kinds, app_id, options.registry),
+        )
         return PortExhaustedError(msg, counts)
 
     @asynccontextmanager
@@ -230,6 +272,11 @@ class RobustPortSelector:
         )
         async with claimer:
             yield claimer
+
+
+def _record_rejection(metrics: MetricsRecorder, reason: FailureReason) -> None:
+    metrics.record_attempt()
+    metrics.record_failure(reason)
 
 
 async def _verified(claimer: PortClaimer, delay: float) -> bool:
@@ -269,21 +316,52 @@ async def claim_exact_port(
 ) -> PortClaimer:
     """Poll one port until it can be claimed, with jittered backoff, or time out."""
     _check_limits(None, verify_delay, timeout)
+    metrics = options.metrics
+    started = time.perf_counter() if metrics is not None else 0.0
+    # When the first attempt that found the lock held by another holder began.
+    lock_busy_since: float | None = None
     deadline = None if timeout is None else time.monotonic() + timeout
     attempt = 0
     while True:
         claimer = options.claimer(port, app_id)
+        if metrics is not None and lock_busy_since is None:
+            attempt_started = time.perf_counter()
         if await claimer.try_claim():
             if verify_delay <= 0 or await _verified(claimer, verify_delay):
+                if metrics is not None:
+                    _record_exact_claim(metrics, started, lock_busy_since)
                 return claimer
+        if metrics is not None and lock_busy_since is None:
+            if claimer.rejection == "locked":
+                lock_busy_since = attempt_started
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             reason = claimer.rejection or "in_use"
             msg = f"{claimer.describe()} stayed busy for {timeout} s; stop its holder or raise the timeout"
+            if metrics is not None:
+                metrics.record_failure("timeout")
+                if lock_busy_since is not None:
+                    metrics.record_lock_wait(time.perf_counter() - lock_busy_since)
+            _repeat_log.log(
+                logging.INFO,
+                "%s",
+                msg,
+                key=port,
+                extra=log_fields(port, options.kinds, app_id, options.registry),
+            )
             raise ClaimTimeoutError(msg, {reason: 1})
         delay = backoff_delay(attempt)
         await anyio.sleep(delay if remaining is None else min(delay, remaining))
         attempt += 1
+
+
+def _record_exact_claim(
+    metrics: MetricsRecorder, started: float, lock_busy_since: float | None
+) -> None:
+    now = time.perf_counter()
+    metrics.record_claim_duration(now - started)
+    if lock_busy_since is not None:
+        metrics.record_lock_wait(now - lock_busy_since)
 
 
 @asynccontextmanager
@@ -299,6 +377,7 @@ async def open_claim(
     listen: bool = True,
     backlog: int = 128,
     verify_delay: float = 0.0,
+    metrics: MetricsRecorder | None = None,
 ) -> AsyncIterator[PortClaimer]:
     """Claim a port as `claim_port` does, and yield the claim object with every socket.
 
@@ -315,6 +394,7 @@ async def open_claim(
         listen,
         backlog,
         verify_delay,
+        metrics,
     )
     async with claimer:
         yield claimer
@@ -333,6 +413,7 @@ async def claim_port(
     listen: bool = True,
     backlog: int = 128,
     verify_delay: float = 0.0,
+    metrics: MetricsRecorder | None = None,
 ) -> AsyncIterator[socket.socket]:
     """Claim a port and yield its bound socket; release everything when the block ends.
 
@@ -342,7 +423,9 @@ async def claim_port(
     seconds pass (`ClaimTimeoutError`). Other specs are searched until the
     timeout (`PortExhaustedError`). TCP sockets listen unless `listen` is
     False. With several hosts, kinds or a `count` above 1, the first socket
-    is yielded; `open_claim` yields the claim with all of them.
+    is yielded; `open_claim` yields the claim with all of them. `metrics`
+    is the recorder that the claim reports to (see `aioportclaim.metrics`);
+    None means the registry's recorder, else the process-wide default.
 
     .. versionadded:: 0.1
     """
@@ -357,6 +440,7 @@ async def claim_port(
         listen,
         backlog,
         verify_delay,
+        metrics,
     )
     async with claimer:
         yield claimer.socket
@@ -373,6 +457,7 @@ async def _claim(
     listen: bool,
     backlog: int,
     verify_delay: float,
+    metrics: MetricsRecorder | None,
 ) -> PortClaimer:
     if not isinstance(strategy, PortSelectionStrategy):
         spec = parse_port_spec(strategy)
@@ -380,13 +465,15 @@ async def _claim(
             msg = f"port spec {strategy!r} means 'no port'; pass a port, a range or None for any port"
             raise ValueError(msg)
         if spec.kind == "exact" and spec.port is not None:
+            registry = registry if registry is not None else default_registry()
             options = _ClaimOptions(
                 hosts=normalize_hosts(host),
                 kinds=normalize_kinds(kind),
                 count=count,
-                registry=registry if registry is not None else default_registry(),
+                registry=registry,
                 listen=listen,
                 backlog=backlog,
+                metrics=resolve_recorder(metrics, registry),
             )
             return await claim_exact_port(
                 spec.port,
@@ -403,6 +490,7 @@ async def _claim(
         count=count,
         listen=listen,
         backlog=backlog,
+        metrics=metrics,
     )
     _, claimer = await selector.select_and_claim(
         app_id, verify_delay=verify_delay, timeout=timeout

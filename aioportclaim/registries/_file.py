@@ -11,12 +11,16 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._exceptions import LockDirectoryError
 from .._system import is_windows, network_scope
 from ._base import MAX_RECORD_BYTES, ClaimInfo, ClaimKey, HolderRecord, Lease, Registry
 from ._locking import lock_nowait as lock_nowait
 from ._locking import unlock
+
+if TYPE_CHECKING:
+    from .._metrics_base import MetricsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +138,22 @@ class FileLockRegistry(Registry):
     The kernel drops a file lock when its holder dies, so a crashed process
     leaves no stale claim. Lock files stay after release, because creating a
     file costs more than locking an existing one; `prune` removes unheld ones.
-    Locks live in one subdirectory per network namespace.
+    Locks live in one subdirectory per network namespace. Claims through
+    this registry that name no recorder report to `metrics`.
 
     .. versionadded:: 0.1
     """
 
     name = "file"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        metrics: MetricsRecorder | None = None,
+    ) -> None:
         self.path = Path(path) if path is not None else default_lock_dir()
+        self.metrics = metrics
         self._scope = network_scope()
         self._scope_dir: str | None = None
 

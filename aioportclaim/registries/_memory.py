@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from .._system import network_scope
 from ._base import ClaimInfo, ClaimKey, HolderRecord, Lease, Registry
+
+if TYPE_CHECKING:
+    from .._metrics_base import MetricsRecorder
 
 
 class MemoryLease(Lease):
@@ -37,13 +41,15 @@ class MemoryRegistry(Registry):
     Other processes do not see these claims, but the bind still fails for a
     port that another process holds, so a claim stays correct; only
     reservations without a socket are visible to this process alone.
+    Claims through this registry that name no recorder report to `metrics`.
 
     .. versionadded:: 0.1
     """
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, *, metrics: MetricsRecorder | None = None) -> None:
+        self.metrics = metrics
         self._scope = network_scope()
         self._leases: dict[ClaimKey, tuple[MemoryLease, HolderRecord]] = {}
         self._lock = threading.Lock()
