@@ -16,6 +16,7 @@ from ._exceptions import (
     PortExhaustedError,
 )
 from ._getport import get_port, get_port_sync
+from ._handoff import HandoffError, ListenTimeoutError, PortReservation, reserve_port
 from ._selector import RobustPortSelector, claim_port, open_claim
 from ._spec import parse_port_spec
 from ._strategy import WELL_KNOWN_SERVICE_PORTS, PortSelectionStrategy
@@ -40,14 +41,17 @@ __all__ = [
     "ClaimLostError",
     "ClaimTimeoutError",
     "FileLockRegistry",
+    "HandoffError",
     "HolderRecord",
     "InvalidPortSpecError",
     "Lease",
+    "ListenTimeoutError",
     "LockDirectoryError",
     "MemoryRegistry",
     "PortClaimError",
     "PortClaimer",
     "PortExhaustedError",
+    "PortReservation",
     "PortSelectionStrategy",
     "Registry",
     "RobustPortSelector",
@@ -57,6 +61,7 @@ __all__ = [
     "get_port_sync",
     "open_claim",
     "parse_port_spec",
+    "reserve_port",
 ]
 
 # Tracebacks and reprs show the public module, not the private one.

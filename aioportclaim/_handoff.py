@@ -1,0 +1,544 @@
+"""Subprocess hand-off: reserve a port for a server that another process binds.
+
+A reservation claims a port as `claim_port` does (lock, then bind, so the port
+is proven free), closes its socket just before the child starts, and keeps the
+lock while the child runs. Cooperating claimers stay away because of the lock.
+A process that ignores the registry can still bind the port between the
+socket's close and the child's bind. The hand-off cannot prevent that, but
+`PortReservation.wait_listening` detects it: once the port listens, it checks
+that the listening socket belongs to the child or one of its descendants.
+
+On Linux the owner is found by reading the listening socket's inode from
+``/proc/net/{tcp,tcp6,udp,udp6}`` and the ``socket:[inode]`` links under
+``/proc/<pid>/fd``, and descendants by the parent pid in ``/proc/<pid>/stat``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._exceptions import ClaimLostError, PortClaimError
+from ._selector import open_claim
+from ._verify import counterpart_host, is_port_taken
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+    from anyio.abc import Process
+
+    from ._claimer import PortClaimer
+    from ._strategy import PortSelectionStrategy
+    from .registries import Registry
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two looks for the child's listening socket.
+POLL_INTERVAL = 0.05
+#: Seconds a stopped child gets between SIGTERM and SIGKILL.
+STOP_GRACE = 5.0
+
+_TCP_LISTEN_STATE = "0A"
+_WILDCARDS = ("0.0.0.0", "::")
+# A socket whose owner cannot be found in this many looks in a row is
+# reported: it belongs to a process that this user cannot inspect.
+_UNKNOWN_OWNER_LOOKS = 3
+
+
+class HandoffError(PortClaimError):
+    """Raised when the process that should bind a reserved port does not.
+
+    `returncode` is the process's exit status when it exited before it
+    listened, else None.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class ListenTimeoutError(HandoffError, TimeoutError):
+    """Raised when the process did not listen on the reserved port in time.
+
+    .. versionadded:: 0.1
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class _Socket:
+    kind: str
+    address: str
+    inode: int
+
+
+class PortReservation:
+    """A claimed port whose socket can be closed while its lock is kept.
+
+    Get one from `reserve_port`. Call `release_socket` just before the
+    process that binds the port starts, then `wait_listening` with its pid,
+    or let `start_process` do the three steps. The lock keeps cooperating
+    claimers away until the reservation ends, but between the socket's close
+    and the child's bind a process that ignores the registry can take the
+    port: `wait_listening` detects that and raises `ClaimLostError`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, claimer: PortClaimer) -> None:
+        self._claimer = claimer
+
+    def __repr__(self) -> str:
+        state = "socket open" if self._claimer.sockets else "socket released"
+        return f"<PortReservation {self._claimer.describe()} {state}>"
+
+    @property
+    def port(self) -> int:
+        """The reserved port."""
+        return self._claimer.port
+
+    @property
+    def host(self) -> str:
+        """The first address the port was claimed on, such as ``"127.0.0.1"``."""
+        return self._claimer.hosts[0]
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every address the port was claimed on."""
+        return self._claimer.hosts
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The reserved protocols: ``("tcp",)``, ``("udp",)`` or both."""
+        return self._claimer.kinds
+
+    @property
+    def claimer(self) -> PortClaimer:
+        """The claim object that holds the lock."""
+        return self._claimer
+
+    def describe(self) -> str:
+        """Name the protocols, addresses and port, as messages show them."""
+        return self._claimer.describe()
+
+    def release_socket(self) -> None:
+        """Close the bound socket and keep the lock. Calling it again does nothing."""
+        self._claimer.close_sockets()
+
+    async def release(self) -> None:
+        """Close the socket if still open and give the lock back."""
+        await self._claimer.release()
+
+    async def wait_listening(
+        self, process: int | Process, timeout: float = 10.0
+    ) -> None:
+        """Wait until the port listens, then check that `process` owns the listener.
+
+        `process` is a pid or an `anyio.abc.Process`. The port counts as
+        listening when a TCP listener (or, for UDP, a bound socket) uses it
+        on a reserved address or a wildcard address. Every such socket, and
+        any on the loopback address of the other IP family, must then belong
+        to `process` or one of its descendants. A server that daemonizes
+        leaves the process tree, so run servers in the foreground.
+
+        Raises:
+            ClaimLostError: Another process listens on the port (its pid is
+                in the message), or the registry lock was lost.
+            HandoffError: `process` exited before it listened.
+            ListenTimeoutError: `process` did not listen within `timeout`
+                seconds.
+        """
+        pid = process if isinstance(process, int) else process.pid
+        deadline = time.monotonic() + timeout
+        unknown_looks = 0
+        while True:
+            await self._check_locks()
+            sockets = self._find_sockets()
+            if sockets is None:
+                if self._probe_listening():
+                    _log_unverified(self.describe())
+                    return
+            elif self._is_listening(sockets):
+                unknown = self._check_owners(sockets, pid)
+                if not unknown:
+                    logger.debug("process %d listens on %s", pid, self.describe())
+                    return
+                unknown_looks += 1
+                if unknown_looks >= _UNKNOWN_OWNER_LOOKS:
+                    raise self._unknown_owner_error(pid)
+
+            if _has_exited(process):
+                raise self._exited_error(pid, await _collect_status(process))
+            if time.monotonic() >= deadline:
+                raise self._timeout_error(pid, timeout)
+            await anyio.sleep(POLL_INTERVAL)
+
+    async def start_process(
+        self,
+        command: Sequence[str],
+        *,
+        timeout: float = 10.0,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        start_new_session: bool = False,
+    ) -> Process:
+        """Close the socket, start `command` and wait until it listens on the port.
+
+        Standard streams are inherited unless `stdin`, `stdout` or `stderr`
+        are set, to ``subprocess.PIPE`` or ``subprocess.DEVNULL`` for example. If the
+        command does not listen, or someone else does, the command is
+        stopped (SIGTERM, then SIGKILL after `STOP_GRACE` seconds) and the
+        error from `wait_listening` is raised. Otherwise the caller owns the
+        returned process and must wait for it or stop it before the
+        reservation ends.
+        """
+        self.release_socket()
+        process = await anyio.open_process(
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=start_new_session,
+        )
+        try:
+            await self.wait_listening(process, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stop_process(process, group=start_new_session)
+            raise
+        return process
+
+    async def _check_locks(self) -> None:
+        for lease in self._claimer.leases:
+            if not await lease.is_held():
+                msg = f"reservation of {self.describe()} was lost: the registry lock is no longer ours; reserve another port"
+                raise ClaimLostError(msg)
+
+    def _find_sockets(self) -> list[_Socket] | None:
+        found: list[_Socket] = []
+        for kind in self.kinds:
+            sockets = _read_proc_net(kind, self.port)
+            if sockets is None:
+                return None
+            found.extend(sockets)
+        return found
+
+    def _serves(self, address: str) -> bool:
+        if address in self.hosts or address in _WILDCARDS:
+            return True
+        # A reservation on a wildcard address is served by any address of
+        # the same family.
+        is_ipv6 = ":" in address
+        return any(
+            host in _WILDCARDS and (":" in host) == is_ipv6 for host in self.hosts
+        )
+
+    def _is_listening(self, sockets: list[_Socket]) -> bool:
+        return all(
+            any(item.kind == kind and self._serves(item.address) for item in sockets)
+            for kind in self.kinds
+        )
+
+    def _check_owners(self, sockets: list[_Socket], pid: int) -> set[int]:
+        """Raise `ClaimLostError` if another process owns a watched socket.
+
+        Returns the inodes of watched sockets whose owner was not found.
+        """
+        counterparts = {counterpart_host(host) for host in self.hosts}
+        watched = {
+            item.inode
+            for item in sockets
+            if self._serves(item.address) or item.address in counterparts
+        }
+        tree = descendants(pid)
+        foreign = watched - set(find_socket_owners(watched, tree))
+        if not foreign:
+            return set()
+
+        owners = find_socket_owners(foreign, set(_list_pids()) - tree)
+        if owners:
+            raise self._intruder_error(pid, owners)
+        return foreign
+
+    def _probe_listening(self) -> bool:
+        # NOTE: without /proc/net (not Linux) readiness is probed by binding,
+        # and the listener's owner is not verified.
+        return all(
+            any(is_port_taken(host, kind, self.port) for host in self.hosts)
+            for kind in self.kinds
+        )
+
+    def _intruder_error(self, pid: int, owners: dict[int, set[int]]) -> ClaimLostError:
+        holders = sorted({owner for pids in owners.values() for owner in pids})
+        names = ", ".join(f"pid {owner} ({_command_name(owner)})" for owner in holders)
+        msg = (
+            f"{self.describe()} is held by another process: {names}, not process "
+            f"{pid} or its descendants. It bound the port after the reservation "
+            "closed its socket, or the server daemonized and left the process "
+            "tree; stop that process or run the server in the foreground, then "
+            "reserve again"
+        )
+        logger.warning("%s", msg)
+        return ClaimLostError(msg)
+
+    def _unknown_owner_error(self, pid: int) -> ClaimLostError:
+        msg = (
+            f"{self.describe()} listens, but not in process {pid} or its "
+            "descendants, and its owner cannot be identified (a process of "
+            "another user or of another PID namespace); stop it and reserve again"
+        )
+        return ClaimLostError(msg)
+
+    def _exited_error(self, pid: int, returncode: int | None) -> HandoffError:
+        status = "" if returncode is None else f" with status {returncode}"
+        msg = (
+            f"process {pid} exited{status} before it listened on "
+            f"{self.describe()}; check its output and that it binds that port"
+        )
+        return HandoffError(msg, returncode)
+
+    def _timeout_error(self, pid: int, timeout: float) -> ListenTimeoutError:
+        msg = (
+            f"process {pid} did not listen on {self.describe()} within {timeout} s; "
+            "check that it binds that port and address, or raise the timeout"
+        )
+        return ListenTimeoutError(msg)
+
+
+@asynccontextmanager
+async def reserve_port(
+    strategy: PortSelectionStrategy | object = None,
+    *,
+    host: str | Sequence[str] = "127.0.0.1",
+    kind: str | Sequence[str] = "tcp",
+    app_id: str | None = None,
+    registry: Registry | None = None,
+    timeout: float | None = 10.0,
+) -> AsyncIterator[PortReservation]:
+    """Claim a port for another process to bind, and keep its lock until the block ends.
+
+    The port is locked and bound as `claim_port` does it, except that a TCP
+    socket binds without ``SO_REUSEADDR`` and does not listen, so clients
+    are refused rather than queued before the real server runs. Arguments
+    mean what they mean for `claim_port`.
+
+    .. versionadded:: 0.1
+    """
+    async with open_claim(
+        strategy,
+        host=host,
+        kind=kind,
+        app_id=app_id,
+        registry=registry,
+        timeout=timeout,
+        listen=False,
+    ) as claimer:
+        yield PortReservation(claimer)
+
+
+async def stop_process(
+    process: Process, *, group: bool = False, grace: float = STOP_GRACE
+) -> int:
+    """Stop `process` with SIGTERM, then SIGKILL after `grace` seconds; return its status.
+
+    With `group`, the signals go to the process group that `process` leads
+    (it was started with ``start_new_session=True``).
+    """
+    if process.returncode is None:
+        send_signal(process, signal.SIGTERM, group=group)
+        with anyio.move_on_after(grace):
+            return await process.wait()
+        logger.warning("process %d ignored SIGTERM; killing it", process.pid)
+        send_signal(process, signal.SIGKILL, group=group)
+    return await process.wait()
+
+
+def send_signal(process: Process, signum: int, *, group: bool = False) -> None:
+    """Send `signum` to `process`, or to the process group it leads.
+
+    A process that has already exited is ignored.
+    """
+    try:
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signal.Signals(signum))
+    except ProcessLookupError:
+        pass
+
+
+def descendants(pid: int) -> set[int]:
+    """Return `pid` and the pids of all its descendants, read from ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _read_parents().items():
+        children.setdefault(parent, []).append(child)
+    tree = {pid}
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in tree:
+                tree.add(child)
+                pending.append(child)
+    return tree
+
+
+def find_socket_owners(inodes: set[int], pids: set[int]) -> dict[int, set[int]]:
+    """Map each socket inode of `inodes` to the processes of `pids` that hold it."""
+    owners: dict[int, set[int]] = {}
+    for pid in pids:
+        for inode in _socket_inodes(pid) & inodes:
+            owners.setdefault(inode, set()).add(pid)
+    return owners
+
+
+def _read_proc_net(kind: str, port: int) -> list[_Socket] | None:
+    """List the sockets on `port` from /proc/net, or None where it cannot be read."""
+    found: list[_Socket] = []
+    readable = False
+    for path in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+        try:
+            with open(path, encoding="ascii") as file:
+                lines = file.readlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            item = _parse_proc_net_line(line, kind, port)
+            if item is not None:
+                found.append(item)
+    return found if readable else None
+
+
+def _parse_proc_net_line(line: str, kind: str, port: int) -> _Socket | None:
+    # Fields: slot, local address:port, remote address:port, state, queues,
+    # timers, retransmits, uid, timeout, inode. Addresses are hexadecimal
+    # 32-bit words in host byte order, and the port is plain hexadecimal.
+    fields = line.split()
+    if len(fields) < 10:
+        return None
+    address_hex, _, port_hex = fields[1].partition(":")
+    try:
+        if int(port_hex, 16) != port:
+            return None
+        if kind == "tcp" and fields[3] != _TCP_LISTEN_STATE:
+            return None
+        inode = int(fields[9])
+        address = _decode_address(address_hex)
+    except ValueError:
+        return None
+    return _Socket(kind, address, inode) if inode else None
+
+
+def _decode_address(text: str) -> str:
+    words = [int(text[start : start + 8], 16) for start in range(0, len(text), 8)]
+    raw = b"".join(struct.pack("=I", word) for word in words)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw)
+    address = ipaddress.IPv6Address(raw)
+    mapped = address.ipv4_mapped
+    return str(mapped) if mapped is not None else str(address)
+
+
+def _list_pids() -> list[int]:
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    return [int(name) for name in names if name.isdigit()]
+
+
+def _read_parents() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for pid in _list_pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                data = file.read()
+        except OSError:
+            continue
+        # The command name in parentheses may contain spaces and ")", so
+        # the fields after it are found from the last ")".
+        fields = data.rpartition(b")")[2].split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            parents[pid] = int(fields[1])
+    return parents
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return set()
+    inodes: set[int] = set()
+    for name in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target.endswith("]"):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as file:
+            return file.read(64).strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _has_exited(process: int | Process) -> bool:
+    if not isinstance(process, int) and process.returncode is not None:
+        return True
+    pid = process if isinstance(process, int) else process.pid
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rpartition(b")")[2].split()[:1]
+    except FileNotFoundError:
+        return os.path.exists("/proc/self/stat") or not _pid_exists(pid)
+    except OSError:
+        return False
+    return state == [b"Z"]  # a zombie has exited, and its parent has not waited yet
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _collect_status(process: int | Process) -> int | None:
+    """Return the exit status of an exited child, or None for a bare pid."""
+    if isinstance(process, int):
+        return None
+    with anyio.move_on_after(1):
+        return await process.wait()
+    return process.returncode
+
+
+def _log_unverified(description: str) -> None:
+    logger.info(
+        "%s listens; its owner was not verified, because /proc/net cannot be read here",
+        description,
+    )
