@@ -16,13 +16,35 @@ from aioportclaim import PortSelectionStrategy, claim_port
 STRATEGY = PortSelectionStrategy().prefer_range(8000, 8099).exclude_well_known()
 
 
+# Open connections and their handler tasks, so that stopping can end them.
+connections: dict[asyncio.StreamWriter, asyncio.Task[object]] = {}
+
+
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Send each line back until the client closes the connection."""
-    while line := await reader.readline():
-        writer.write(line)
-        await writer.drain()
-    writer.close()
-    await writer.wait_closed()
+    """Send each line back until either side closes the connection."""
+    task = asyncio.current_task()
+    assert task is not None
+    connections[writer] = task
+    try:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+    finally:
+        del connections[writer]
+        writer.close()
+        await writer.wait_closed()
+
+
+async def close_connections() -> None:
+    """Close every open connection and wait until its handler has returned.
+
+    Closing a server leaves its connections open, and from Python 3.12 on
+    it waits for them, so one idle client would block the shutdown.
+    """
+    handlers = list(connections.values())
+    for writer in list(connections):
+        writer.close()
+    await asyncio.gather(*handlers, return_exceptions=True)
 
 
 async def send_line(host: str, port: int, line: bytes) -> bytes:
@@ -57,6 +79,7 @@ async def main(once: bool) -> None:
                 print(f"Sent b'hello\\n', received {reply!r}")
             else:
                 await stop.wait()
+            await close_connections()
 
 
 if __name__ == "__main__":
