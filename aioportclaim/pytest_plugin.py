@@ -1,3 +1,220 @@
-"""pytest fixtures that hold port claims for the length of a test."""
+"""pytest fixtures that hold port claims for the length of a test.
+
+Installing aioportclaim registers this plugin through the ``pytest11`` entry
+point. Every fixture holds its claim from setup until the test ends, and
+releases it at teardown:
+
+- ``claimed_tcp_port`` and ``claimed_udp_port``: a port number whose lock is
+  held but whose socket is closed (a reservation). The test's own server can
+  bind it, while every cooperating process stays away, and so does a
+  `claim_port` of the same number in this process.
+- ``claimed_tcp_socket``: a bound, listening `socket.socket` on 127.0.0.1.
+- ``claimed_tcp_port_factory``: a callable that reserves another TCP port
+  each time it is called.
+
+The fixtures are synchronous, so sync, asyncio and trio tests can use them.
+Claims run on an event loop in a worker thread (an anyio blocking portal
+shared by the session), never on the test's own loop. File locks belong to
+the open file, not to a thread, so that thread holds nothing itself.
+
+Options: ``--aioportclaim-lock-dir`` (ini ``aioportclaim_lock_dir``) sets the
+lock directory for the fixtures and, through ``AIOPORTCLAIM_LOCK_DIR``, for
+every claim the tests and their child processes make. ``--aioportclaim-ports``
+(ini ``aioportclaim_ports``) limits the ports the fixtures pick from.
+"""
 
 from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._handoff import PortReservation, reserve_port
+from ._selector import open_claim
+from ._strategy import PortSelectionStrategy
+from .registries import LOCK_DIR_ENV
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Iterator
+
+#: Seconds a fixture waits for a free port before the test errors.
+CLAIM_TIMEOUT = 30.0
+
+_STRATEGY_KEY = pytest.StashKey[PortSelectionStrategy]()
+# The value AIOPORTCLAIM_LOCK_DIR had before the lock directory option set it.
+_PREVIOUS_LOCK_DIR_KEY = pytest.StashKey[str | None]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("aioportclaim", "port claims (aioportclaim)")
+    group.addoption(
+        "--aioportclaim-lock-dir",
+        dest="aioportclaim_lock_dir",
+        metavar="DIR",
+        help=f"lock directory of port claims; sets {LOCK_DIR_ENV} for the run",
+    )
+    group.addoption(
+        "--aioportclaim-ports",
+        dest="aioportclaim_ports",
+        metavar="SPEC",
+        help="ports the claimed_* fixtures pick from, such as 20000-29999 (default: the host's unprivileged ports outside the ephemeral range)",
+    )
+    parser.addini(
+        "aioportclaim_lock_dir",
+        "lock directory of port claims, as --aioportclaim-lock-dir",
+    )
+    parser.addini(
+        "aioportclaim_ports",
+        "ports the claimed_* fixtures pick from, as --aioportclaim-ports",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    spec = config.getoption("aioportclaim_ports", None) or config.getini(
+        "aioportclaim_ports"
+    )
+    try:
+        config.stash[_STRATEGY_KEY] = PortSelectionStrategy(spec)
+    except ValueError as error:
+        msg = f"--aioportclaim-ports: {error}"
+        raise pytest.UsageError(msg) from None
+
+    lock_dir = _lock_dir_setting(config)
+    if lock_dir is not None:
+        config.stash[_PREVIOUS_LOCK_DIR_KEY] = os.environ.get(LOCK_DIR_ENV)
+        os.environ[LOCK_DIR_ENV] = lock_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PREVIOUS_LOCK_DIR_KEY not in config.stash:
+        return
+    previous = config.stash[_PREVIOUS_LOCK_DIR_KEY]
+    if previous is None:
+        os.environ.pop(LOCK_DIR_ENV, None)
+    else:
+        os.environ[LOCK_DIR_ENV] = previous
+
+
+def _lock_dir_setting(config: pytest.Config) -> str | None:
+    """Return the configured lock directory as an absolute path, or None."""
+    option = config.getoption("aioportclaim_lock_dir", None)
+    if option:
+        return os.path.abspath(str(option))
+    value = config.getini("aioportclaim_lock_dir")
+    if not value:
+        return None
+    # A relative path in the ini file is relative to that file.
+    base = config.inipath.parent if config.inipath else config.rootpath
+    return str(base / str(value))
+
+
+class ClaimedPortFactory:
+    """Reserve TCP ports on demand; every one is released when the test ends.
+
+    Each call returns a port whose lock is held and whose socket is closed,
+    as ``claimed_tcp_port`` does. Ports of one factory are distinct.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        portal: BlockingPortal,
+        strategy: PortSelectionStrategy,
+        stack: ExitStack,
+        kind: str = "tcp",
+    ) -> None:
+        self._portal = portal
+        self._strategy = strategy
+        self._stack = stack
+        self._kind = kind
+        self._ports: list[int] = []
+
+    def __call__(self, ports: object = None, *, host: str = "127.0.0.1") -> int:
+        """Reserve a port and return it.
+
+        `ports` is a spec that `claim_port` accepts; None picks from the
+        session's ports (``--aioportclaim-ports``).
+        """
+        strategy = self._strategy if ports is None else ports
+        reservation = reserve_in_portal(
+            self._portal, self._stack, strategy, kind=self._kind, host=host
+        )
+        self._ports.append(reservation.port)
+        return reservation.port
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The ports reserved so far, in order."""
+        return tuple(self._ports)
+
+
+def reserve_in_portal(
+    portal: BlockingPortal,
+    stack: ExitStack,
+    strategy: object,
+    *,
+    kind: str,
+    host: str = "127.0.0.1",
+) -> PortReservation:
+    """Reserve a port on the portal's event loop and close its socket at once.
+
+    The reservation ends when `stack` closes.
+    """
+    manager = reserve_port(strategy, kind=kind, host=host, timeout=CLAIM_TIMEOUT)
+    reservation = stack.enter_context(portal.wrap_async_context_manager(manager))
+    reservation.release_socket()
+    return reservation
+
+
+@pytest.fixture(scope="session")
+def aioportclaim_portal() -> Iterator[BlockingPortal]:
+    """Run an event loop in a worker thread, on which the fixtures claim ports."""
+    with start_blocking_portal(name="aioportclaim") as portal:
+        yield portal
+
+
+@pytest.fixture
+def claimed_tcp_port_factory(
+    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+) -> Iterator[ClaimedPortFactory]:
+    """Return a callable that reserves a TCP port per call, all released at test end."""
+    with ExitStack() as stack:
+        yield ClaimedPortFactory(
+            aioportclaim_portal, request.config.stash[_STRATEGY_KEY], stack
+        )
+
+
+@pytest.fixture
+def claimed_tcp_port(
+    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+) -> Iterator[int]:
+    """Return a TCP port on 127.0.0.1 whose lock is held until the test ends."""
+    with ExitStack() as stack:
+        strategy = request.config.stash[_STRATEGY_KEY]
+        yield reserve_in_portal(aioportclaim_portal, stack, strategy, kind="tcp").port
+
+
+@pytest.fixture
+def claimed_udp_port(
+    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+) -> Iterator[int]:
+    """Return a UDP port on 127.0.0.1 whose lock is held until the test ends."""
+    with ExitStack() as stack:
+        strategy = request.config.stash[_STRATEGY_KEY]
+        yield reserve_in_portal(aioportclaim_portal, stack, strategy, kind="udp").port
+
+
+@pytest.fixture
+def claimed_tcp_socket(
+    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+) -> Iterator[socket.socket]:
+    """Return a listening TCP socket on 127.0.0.1, closed and released at test end."""
+    strategy = request.config.stash[_STRATEGY_KEY]
+    manager = open_claim(strategy, timeout=CLAIM_TIMEOUT)
+    with aioportclaim_portal.wrap_async_context_manager(manager) as claimer:
+        yield claimer.socket
