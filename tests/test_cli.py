@@ -1,0 +1,424 @@
+"""The command line: pick, run, list and gc, in child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from aioportclaim import FileLockRegistry, HolderRecord, default_candidate_ports
+from aioportclaim.registries import ClaimKey, FileLease
+
+from .conftest import HELPERS, find_free_ports
+
+COMMAND = [sys.executable, "-m", "aioportclaim"]
+ENV_LISTENER = [sys.executable, str(HELPERS / "cli_env_listener.py")]
+# Runs gc 20 times in one process, so the loop is not dominated by start-up.
+REPEATED_GC = """
+import sys
+from aioportclaim.__main__ import main
+for _ in range(20):
+    main(["--lock-dir", sys.argv[1], "gc", "--json"])
+"""
+NOTICE = re.compile(
+    r"^aioportclaim: (\S+) \(pid (\d+)\) listens on tcp 127\.0\.0\.1 port (\d+)$"
+)
+
+
+def cli(*arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *arguments],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Return the one line of stderr, failing if there is more or a traceback."""
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aioportclaim"), lines[0]
+    return lines[0]
+
+
+def read_line(stream: IO[str], timeout: float) -> str:
+    """Read one line from a pipe, failing after `timeout` seconds."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            pytest.fail(f"no output line within {timeout} s")
+    return stream.readline()
+
+
+def try_lock(
+    registry: FileLockRegistry, port: int, app_id: str | None = None
+) -> FileLease | None:
+    key = ClaimKey(registry.scope(), "tcp", port)
+    holder = HolderRecord.for_this_process("tcp", port, app_id)
+    return registry.try_acquire_now(key, holder)
+
+
+def lock(lock_dir: Path, port: int, app_id: str | None = None) -> FileLease:
+    lease = try_lock(FileLockRegistry(lock_dir), port, app_id)
+    assert lease is not None
+    return lease
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class TestPick:
+    def test_pick_prints_default_port(self) -> None:
+        result = cli("pick")
+
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) in default_candidate_ports()
+
+    def test_pick_json_for_udp(self) -> None:
+        result = cli("pick", "--udp", "--json")
+        output = json.loads(result.stdout)
+
+        assert result.returncode == 0, result.stderr
+        assert output["protocol"] == "udp"
+        assert output["host"] == "127.0.0.1"
+        assert output["port"] in default_candidate_ports()
+
+    def test_pick_honors_preference(self) -> None:
+        ports = find_free_ports(4)
+        spec = f"{ports[0]}-{ports[-1]}"
+
+        result = cli("pick", spec, "--prefer", f"{ports[2]}-{ports[2]}:5")
+
+        assert int(result.stdout) == ports[2]
+
+    @pytest.mark.parametrize("form", ["port", "pattern"])
+    def test_pick_honors_exclusion(self, form: str) -> None:
+        ports = find_free_ports(2)
+        excluded = str(ports[0]) if form == "port" else f"*{ports[0] % 10}"
+
+        result = cli("pick", f"{ports[0]},{ports[1]}", "--exclude", excluded)
+
+        assert int(result.stdout) == ports[1]
+
+    def test_pick_busy_port_exhausted(self) -> None:
+        [port] = find_free_ports(1)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            result = cli("pick", str(port), "--claim-timeout", "0.2")
+
+        assert result.returncode == 1
+        assert "no port could be claimed" in error_line(result)
+        assert "1 in use" in error_line(result)
+
+    def test_console_script_runs(self) -> None:
+        script = Path(sys.executable).parent / "aioportclaim"
+        result = subprocess.run(
+            [str(script), "pick", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["protocol"] == "tcp"
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("arguments", "message"),
+        [
+            (["pick", "70000"], "invalid port spec '70000'"),
+            (["pick", "9000-80"], "invalid port spec '9000-80'"),
+            (["pick", "--exclude", "80x"], "invalid excluded ports '80x'"),
+            (["pick", "--prefer", "8000-8100:zero"], "invalid --prefer weight 'zero'"),
+            (["pick", "--host", "example.com"], "resolve host names"),
+            (["pick", "--claim-timeout", "-1"], "invalid number of seconds '-1'"),
+            (["pick", "--bogus"], "unrecognized arguments: --bogus"),
+            (["run", "abc", "--", "true"], "invalid port spec 'abc'"),
+            (["run"], "run needs a command after '--'"),
+            (["list", "--", "true"], "used only by run"),
+            ([], "the following arguments are required: COMMAND"),
+        ],
+    )
+    def test_usage_error_one_line(self, arguments: list[str], message: str) -> None:
+        result = cli(*arguments)
+
+        assert result.returncode == 2
+        assert message in error_line(result)
+
+    @pytest.mark.parametrize(
+        ("arguments", "status"),
+        [
+            (["pick"], 1),
+            (["list"], 1),
+            (["gc"], 1),
+            (["run", "--", "true"], 125),
+        ],
+    )
+    def test_unusable_lock_dir_one_line(
+        self, tmp_path: Path, arguments: list[str], status: int
+    ) -> None:
+        not_a_directory = tmp_path / "file"
+        not_a_directory.write_text("")
+
+        result = cli("--lock-dir", str(not_a_directory), *arguments)
+
+        assert result.returncode == status
+        assert "is not a directory" in error_line(result)
+
+    def test_symlinked_lock_dir_one_line(self, tmp_path: Path) -> None:
+        (tmp_path / "real").mkdir(mode=0o700)
+        (tmp_path / "link").symlink_to(tmp_path / "real")
+
+        result = cli("--lock-dir", str(tmp_path / "link"), "pick")
+
+        assert result.returncode == 1
+        assert "is a symbolic link" in error_line(result)
+
+
+class TestRun:
+    def test_run_serves_http_and_forwards_signals(self) -> None:
+        command = [*COMMAND, "run", "--", sys.executable, "-m", "http.server", "{port}"]
+        command += ["--bind", "127.0.0.1"]
+        runs = [
+            subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            notices = [NOTICE.match(read_line(run.stderr, 30)) for run in runs]  # type: ignore[arg-type]
+            assert all(notices), notices
+            children = [int(notice.group(2)) for notice in notices]  # type: ignore[union-attr]
+            ports = [int(notice.group(3)) for notice in notices]  # type: ignore[union-attr]
+            statuses = [fetch_status(port) for port in ports]
+
+            runs[0].send_signal(signal.SIGINT)
+            runs[1].send_signal(signal.SIGTERM)
+            exits = [run.wait(timeout=30) for run in runs]
+        finally:
+            for run in runs:
+                if run.poll() is None:
+                    run.kill()
+                run.communicate(timeout=30)
+
+        assert statuses == [200, 200]
+        assert ports[0] != ports[1]
+        assert exits == [0, 128 + signal.SIGTERM]  # http.server exits 0 on SIGINT
+        assert all(process_gone(pid) for pid in children)
+        assert all(refuses_connections(port) for port in ports)
+
+    def test_run_sets_variable_and_exit_status(self) -> None:
+        result = cli(
+            "run",
+            "--env",
+            "SERVICE_PORT",
+            "--quiet",
+            "--",
+            *ENV_LISTENER,
+            "SERVICE_PORT",
+            "--hold",
+            "0.5",
+            "--status",
+            "7",
+        )
+
+        assert result.returncode == 7, result.stderr
+        assert result.stderr == ""
+
+    def test_run_stops_never_listening_child(self, tmp_path: Path) -> None:
+        pid_file = tmp_path / "child.pid"
+        start = time.monotonic()
+
+        result = cli(
+            "run",
+            "--timeout",
+            "0.5",
+            "--",
+            *ENV_LISTENER,
+            "PORT",
+            "--never",
+            "--pid-file",
+            str(pid_file),
+        )
+        elapsed = time.monotonic() - start
+        message = error_line(result)
+
+        assert result.returncode == 124
+        assert re.search(
+            r"did not listen on tcp 127\.0\.0\.1 port \d+ within 0\.5 s", message
+        )
+        assert message.endswith("it was stopped")
+        assert process_gone(int(pid_file.read_text()))
+        assert elapsed < 10
+
+    def test_run_reports_early_exit(self) -> None:
+        result = cli("run", "--", sys.executable, "-c", "raise SystemExit(3)")
+
+        assert result.returncode == 3
+        assert "exited with status 3 before it listened" in error_line(result)
+
+    def test_run_command_not_found(self) -> None:
+        result = cli("run", "--", "aioportclaim-no-such-command")
+
+        assert result.returncode == 127
+        assert "command not found: 'aioportclaim-no-such-command'" in error_line(result)
+
+    def test_run_keeps_reservation_while_child_runs(self, tmp_path: Path) -> None:
+        [port] = find_free_ports(1)
+        lock_dir = tmp_path / "locks"
+        run = subprocess.Popen(
+            [
+                *[*COMMAND, "--lock-dir", str(lock_dir), "run", str(port), "--"],
+                *[*ENV_LISTENER, "PORT", "--hold", "30"],
+            ],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            notice = NOTICE.match(read_line(run.stderr, 30))  # type: ignore[arg-type]
+            claims = FileLockRegistry(lock_dir).list_claims_now()
+        finally:
+            run.terminate()
+            run.communicate(timeout=30)
+
+        assert notice is not None
+        assert [(info.key.port, info.held) for info in claims] == [(port, True)]
+        assert claims[0].record is not None
+        assert claims[0].record.pid == run.pid
+
+
+def fetch_status(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+        return int(response.status)
+
+
+class TestListAndGc:
+    def test_list_shows_live_claim(self, lock_dir: Path) -> None:
+        [port] = find_free_ports(1)
+        lease = lock(lock_dir, port, app_id="web")
+        try:
+            result = cli("--lock-dir", str(lock_dir), "list")
+        finally:
+            lease.release_now()
+        header, row = result.stdout.splitlines()
+
+        assert header.split() == ["PORT", "PROTO", "PID", "APP_ID", "AGE", "HOLDER"]
+        assert row.split()[:4] == [str(port), "tcp", str(os.getpid()), "web"]
+        assert row.split()[5] == "alive"
+
+    def test_list_json_marks_released_claim(self, lock_dir: Path) -> None:
+        ports = find_free_ports(2)
+        held_lease = lock(lock_dir, ports[0])
+        lock(lock_dir, ports[1]).release_now()
+        try:
+            result = cli("--lock-dir", str(lock_dir), "list", "--json")
+        finally:
+            held_lease.release_now()
+        claims = {claim["port"]: claim for claim in json.loads(result.stdout)}
+
+        assert claims[ports[0]]["held"] is True
+        assert claims[ports[0]]["pid"] == os.getpid()
+        assert claims[ports[0]]["protocol"] == "tcp"
+        assert 0 <= claims[ports[0]]["age_seconds"] < 60
+        assert claims[ports[1]]["held"] is False
+
+    def test_list_all_scopes_adds_column(self, lock_dir: Path) -> None:
+        [port] = find_free_ports(1)
+        lock(lock_dir, port).release_now()
+
+        result = cli("--lock-dir", str(lock_dir), "list", "--all-scopes")
+        header, row = result.stdout.splitlines()
+
+        assert header.split()[-1] == "SCOPE"
+        assert row.split()[-1] == FileLockRegistry(lock_dir).scope()
+
+    def test_gc_removes_only_unheld_files(self, lock_dir: Path) -> None:
+        ports = find_free_ports(3)
+        held_lease = lock(lock_dir, ports[0])
+        for port in ports[1:]:
+            lock(lock_dir, port).release_now()
+        try:
+            result = cli("--lock-dir", str(lock_dir), "gc")
+            remaining = FileLockRegistry(lock_dir).list_claims_now()
+            still_held = held_lease.is_held_now()
+        finally:
+            held_lease.release_now()
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("removed 2 unheld lock files from ")
+        assert [info.key.port for info in remaining] == [ports[0]]
+        assert still_held
+
+    def test_gc_json_lists_removed_paths(self, lock_dir: Path) -> None:
+        [port] = find_free_ports(1)
+        lock(lock_dir, port).release_now()
+
+        result = cli("--lock-dir", str(lock_dir), "gc", "--json")
+        removed = json.loads(result.stdout)
+
+        assert [Path(path).name for path in removed] == [f"tcp-{port}.lock"]
+
+    def test_gc_leaves_concurrent_claims(self, lock_dir: Path) -> None:
+        ports = find_free_ports(4)
+        for port in ports:
+            lock(lock_dir, port).release_now()
+        gc = subprocess.Popen(
+            [sys.executable, "-c", REPEATED_GC, str(lock_dir)],
+            stdout=subprocess.DEVNULL,
+        )
+        registry = FileLockRegistry(lock_dir)
+        held_checks = 0
+        lost = []
+        try:
+            while gc.poll() is None:
+                leases = [try_lock(registry, port) for port in ports]
+                time.sleep(0.005)  # let gc pass over the held files
+                for lease in leases:
+                    if lease is None:
+                        continue  # gc held the file for a moment, as a claimer would
+                    held_checks += 1
+                    if not lease.is_held_now():
+                        lost.append(lease.path)
+                    lease.release_now()
+        finally:
+            gc.wait(timeout=60)
+
+        assert gc.returncode == 0
+        assert held_checks > 0
+        assert lost == []
