@@ -1,4 +1,4 @@
-"""Serve a line echo protocol with plain asyncio on a claimed port.
+"""Serve an echo protocol with plain asyncio on a claimed port.
 
 python examples/asyncio_server.py          # serve until Ctrl-C (try nc 127.0.0.1 PORT)
 python examples/asyncio_server.py --once   # send one line, print the echo, exit
@@ -16,35 +16,43 @@ from aioportclaim import PortSelectionStrategy, claim_port
 STRATEGY = PortSelectionStrategy().prefer_range(8000, 8099).exclude_well_known()
 
 
-# Open connections and their handler tasks, so that stopping can end them.
-connections: dict[asyncio.StreamWriter, asyncio.Task[object]] = {}
+class Connections:
+    """The open connections of one server, so that stopping can close them.
 
-
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Send each line back until either side closes the connection."""
-    task = asyncio.current_task()
-    assert task is not None
-    connections[writer] = task
-    try:
-        while line := await reader.readline():
-            writer.write(line)
-            await writer.drain()
-    finally:
-        del connections[writer]
-        writer.close()
-        await writer.wait_closed()
-
-
-async def close_connections() -> None:
-    """Close every open connection and wait until its handler has returned.
-
-    Closing a server leaves its connections open, and from Python 3.12 on
-    it waits for them, so one idle client would block the shutdown.
+    `Server.close` leaves the connections open, and from Python 3.12 on
+    `Server.wait_closed` waits for them, so one idle client would block
+    the shutdown.
     """
-    handlers = list(connections.values())
-    for writer in list(connections):
-        writer.close()
-    await asyncio.gather(*handlers, return_exceptions=True)
+
+    def __init__(self) -> None:
+        self.transports: set[asyncio.BaseTransport] = set()
+        self.closing = False
+
+    def close_all(self) -> None:
+        self.closing = True
+        for transport in list(self.transports):
+            transport.close()
+
+
+class EchoProtocol(asyncio.Protocol):
+    """Send back every byte that arrives, and close when the client stops sending."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.connections.closing:
+            transport.close()  # accepted while the server was stopping
+        else:
+            self.connections.transports.add(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.transports.discard(self.transport)
 
 
 async def send_line(host: str, port: int, line: bytes) -> bytes:
@@ -52,9 +60,7 @@ async def send_line(host: str, port: int, line: bytes) -> bytes:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(line)
     writer.write_eof()
-    # The server closes its side after the echo, so this read ends once the
-    # server's handler is done.
-    reply = await reader.read()
+    reply = await reader.read()  # the server closes after the echo
     writer.close()
     await writer.wait_closed()
     return reply
@@ -68,18 +74,21 @@ async def main(once: bool) -> None:
 
     # With an app_id, the first port tried is the same on every run.
     async with claim_port(STRATEGY, app_id="asyncio-example") as sock:
-        server = await asyncio.start_server(echo, sock=sock)
+        connections = Connections()
+        server = await loop.create_server(lambda: EchoProtocol(connections), sock=sock)
         host, port = sock.getsockname()[:2]
         print(f"Serving on tcp://{host}:{port}", flush=True)
 
-        # Leaving this block closes the server and its socket.
-        async with server:
-            if once:
-                reply = await send_line(host, port, b"hello\n")
-                print(f"Sent b'hello\\n', received {reply!r}")
-            else:
-                await stop.wait()
-            await close_connections()
+        if once:
+            reply = await send_line(host, port, b"hello\n")
+            print(f"Sent b'hello\\n', received {reply!r}")
+        else:
+            await stop.wait()
+
+        # Closing the server closes the claimed socket too.
+        server.close()
+        connections.close_all()
+        await server.wait_closed()
 
 
 if __name__ == "__main__":
