@@ -158,7 +158,11 @@ class PortReservation:
             HandoffError: `process` exited before it listened.
             ListenTimeoutError: `process` did not listen within `timeout`
                 seconds.
+            RuntimeError: The reservation's socket is still open.
         """
+        if self._claimer.sockets:
+            msg = f"{self.describe()} still has its socket open; call release_socket() before starting the process that binds the port"
+            raise RuntimeError(msg)
         pid = process if isinstance(process, int) else process.pid
         deadline = time.monotonic() + timeout
         unknown_looks = 0

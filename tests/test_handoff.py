@@ -26,7 +26,7 @@ from aioportclaim import (
 )
 from aioportclaim._handoff import descendants, stop_process
 
-from .conftest import HELPERS, count_open_fds, require_ipv6
+from .conftest import HELPERS, count_open_fds, require_ipv6, require_root_tools
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -275,6 +275,35 @@ class TestWaitListening:
         assert caught.value.returncode == 3
         assert "exited with status 3 before it listened" in str(caught.value)
         assert not isinstance(caught.value, TimeoutError)
+
+    async def test_wait_listening_requires_released_socket(
+        self, registry: FileLockRegistry
+    ) -> None:
+        async with reserve_port(registry=registry) as reservation:
+            with pytest.raises(RuntimeError, match="call release_socket"):
+                await reservation.wait_listening(os.getpid(), timeout=5)
+
+    def test_wait_listening_reports_unidentified_owner(self) -> None:
+        # Inside a new PID namespace the intruder's process is invisible, so
+        # its socket shows in /proc/net/tcp with no owner to name.
+        require_root_tools("unshare")
+        command = ["unshare", "--pid", "--fork", "--mount-proc"]
+        command += [sys.executable, str(HELPERS / "handoff_unknown_owner.py")]
+        checker = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            word, port = checker.stdout.readline().split()  # type: ignore[union-attr]
+            assert word == "RESERVED"
+            with intruder(int(port)):
+                output, _ = checker.communicate("go\n", timeout=30)
+        finally:
+            if checker.poll() is None:
+                checker.kill()
+                checker.wait(timeout=30)
+
+        assert output.startswith("LOST "), output
+        assert "its owner cannot be identified" in output
 
     async def test_wait_listening_detects_lost_lock(
         self, registry: FileLockRegistry
