@@ -298,7 +298,6 @@ class PortReservation:
             "tree; stop that process or run the server in the foreground, then "
             "reserve again"
         )
-        logger.warning("%s", msg)
         return ClaimLostError(msg)
 
     def _unknown_owner_error(self, pid: int) -> ClaimLostError:

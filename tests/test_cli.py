@@ -298,6 +298,32 @@ class TestRun:
         assert result.returncode == 127
         assert "command not found: 'aioportclaim-no-such-command'" in error_line(result)
 
+    def test_run_reports_daemonized_listener(self) -> None:
+        result = cli(
+            "run",
+            "--",
+            *[sys.executable, str(HELPERS / "handoff_listener.py"), "{port}"],
+            *["--daemon", "--hold", "10"],
+        )
+        daemon = int(result.stdout.split()[1])
+        os.kill(daemon, signal.SIGTERM)
+        message = error_line(result)
+
+        assert result.returncode == 125
+        assert f"pid {daemon} (python" in message
+        assert "daemonized" in message
+        assert message.endswith("the command was stopped")
+
+    def test_run_busy_port_exhausted(self) -> None:
+        [port] = find_free_ports(1)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            result = cli("run", str(port), "--claim-timeout", "0.2", "--", "true")
+
+        assert result.returncode == 125
+        assert "no port could be claimed" in error_line(result)
+
     def test_run_keeps_reservation_while_child_runs(self, tmp_path: Path) -> None:
         [port] = find_free_ports(1)
         lock_dir = tmp_path / "locks"
