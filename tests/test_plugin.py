@@ -240,7 +240,7 @@ class TestSubprocessRuns:
         )
 
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "4 passed" in result.stdout
+        assert "5 passed" in result.stdout
 
     def test_invalid_ports_option_is_usage_error(self, tmp_path: Path) -> None:
         result = run_pytest(tmp_path, "--aioportclaim-ports=9000-80")

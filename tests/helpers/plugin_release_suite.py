@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     import socket
 
 ports_held: dict[str, int] = {}
+open_fds: list[int] = []
+
+
+def count_open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def test_fixtures_hold_ports(
@@ -28,6 +33,7 @@ def test_fixtures_hold_ports(
     ports_held["tcp"] = claimed_tcp_port
     ports_held["udp"] = claimed_udp_port
     ports_held["socket"] = claimed_tcp_socket.getsockname()[1]
+    open_fds.append(count_open_fds())
     claims = FileLockRegistry().list_claims_now()
     holding = {(info.key.kind, info.key.port) for info in claims if info.held}
 
@@ -47,6 +53,11 @@ def test_fixtures_released_after_test() -> None:
                 pass
 
     anyio.run(claim_again)
+
+
+def test_fixtures_close_descriptors() -> None:
+    # Four descriptors were held: three lock files and the listening socket.
+    assert count_open_fds() == open_fds[0] - 4
 
 
 def test_fixtures_use_configured_ports() -> None:
