@@ -81,9 +81,12 @@ class MetricsRecorder:
         attempts were.
       - ``timeout``: an exact-port claim whose wait ran out
         (`ClaimTimeoutError`), counted once per claim.
-      - ``lost``: a verification of a held claim that found it gone
+      - ``lost``: a held claim found gone. Either a verification found it
         (`PortClaimer.verify_claim` raised `ClaimLostError`, including the
-        verification that ``verify_delay`` runs before a claim is returned).
+        verification that ``verify_delay`` runs before a claim is
+        returned), or a registry reported a lease lost while the block of
+        `claim_port` or `open_claim` ran. Each detection counts, so one
+        loss that both notice counts twice.
 
       The selector records ``excluded`` and ``validator`` once per claim
       for each candidate, because it remembers both verdicts across passes.
