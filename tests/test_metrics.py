@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -364,6 +365,13 @@ class TestMemoryRecorder:
             "p90": None,
             "p99": None,
         }
+
+    def test_snapshot_survives_json(self, recorder: MemoryRecorder) -> None:
+        recorder.record_failure("lost")
+        recorder.record_lock_wait(0.5)
+        snapshot = recorder.snapshot()
+
+        assert json.loads(json.dumps(snapshot)) == snapshot
 
     def test_summary_uses_nearest_rank(self, recorder: MemoryRecorder) -> None:
         for value in range(100, 0, -1):
