@@ -216,9 +216,14 @@ def _add_list(commands: _Commands) -> None:
     listing = commands.add_parser(
         "list",
         help="show the claims in the lock directory",
-        description="Show each lock file: port, protocol, holder pid, application id, age, and whether a live process holds it.",
+        description="Show the ports that live processes hold: port, protocol, holder pid, application id and age. With --all, also show lock files whose last holder released them or exited.",
     )
     listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        help="also show released lock files, with their last holder",
+    )
     listing.add_argument(
         "--all-scopes",
         action="store_true",
@@ -474,6 +479,8 @@ def _exit_status(returncode: int) -> int:
 def _list(args: argparse.Namespace) -> int:
     registry = _registry(args)
     claims = registry.list_claims_now(all_scopes=args.all_scopes)
+    if not args.all:
+        claims = [info for info in claims if info.held]
     now = time.time()
     if args.json:
         print(json.dumps([_claim_fields(info, now) for info in claims], indent=2))
@@ -512,7 +519,7 @@ def _format_table(claims: list[ClaimInfo], now: float, *, show_scope: bool) -> s
             str(record.pid) if record else "-",
             (record.app_id or "-") if record else "-",
             _format_age(now - record.started) if record else "-",
-            "alive" if info.held else "gone",
+            "alive" if info.held else "released",
         ]
         if show_scope:
             row.append(info.key.scope)

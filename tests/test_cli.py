@@ -373,7 +373,7 @@ class TestListAndGc:
         held_lease = lock(lock_dir, ports[0])
         lock(lock_dir, ports[1]).release_now()
         try:
-            result = cli("--lock-dir", str(lock_dir), "list", "--json")
+            result = cli("--lock-dir", str(lock_dir), "list", "--json", "--all")
         finally:
             held_lease.release_now()
         claims = {claim["port"]: claim for claim in json.loads(result.stdout)}
@@ -388,11 +388,27 @@ class TestListAndGc:
         [port] = find_free_ports(1)
         lock(lock_dir, port).release_now()
 
-        result = cli("--lock-dir", str(lock_dir), "list", "--all-scopes")
+        result = cli("--lock-dir", str(lock_dir), "list", "--all-scopes", "--all")
         header, row = result.stdout.splitlines()
 
         assert header.split()[-1] == "SCOPE"
         assert row.split()[-1] == FileLockRegistry(lock_dir).scope()
+
+    def test_list_hides_released_by_default(self, lock_dir: Path) -> None:
+        ports = find_free_ports(2)
+        held_lease = lock(lock_dir, ports[0])
+        lock(lock_dir, ports[1]).release_now()
+        try:
+            default = cli("--lock-dir", str(lock_dir), "list")
+            everything = cli("--lock-dir", str(lock_dir), "list", "--all")
+        finally:
+            held_lease.release_now()
+        default_ports = [line.split()[0] for line in default.stdout.splitlines()[1:]]
+        released_row = everything.stdout.splitlines()[2].split()
+
+        assert default_ports == [str(ports[0])]
+        assert released_row[0] == str(ports[1])
+        assert released_row[5] == "released"
 
     def test_gc_removes_only_unheld_files(self, lock_dir: Path) -> None:
         ports = find_free_ports(3)
