@@ -6,6 +6,8 @@ binds the socket at once and hands the still-bound socket to the server.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._claimer import PortClaimer
 from ._exceptions import (
     ClaimLostError,
@@ -31,6 +33,9 @@ from .registries import (
     Registry,
 )
 
+if TYPE_CHECKING:
+    from .registries import RedisRegistry
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "PortExhaustedError",
     "PortReservation",
     "PortSelectionStrategy",
+    "RedisRegistry",
     "Registry",
     "RobustPortSelector",
     "claim_port",
@@ -64,8 +70,13 @@ __all__ = [
     "reserve_port",
 ]
 
+# Names whose modules import optional dependencies, loaded on first access.
+_LAZY = frozenset({"RedisRegistry"})
+
 # Tracebacks and reprs show the public module, not the private one.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _object = globals()[_name]
     if getattr(_object, "__module__", "").startswith("aioportclaim."):
         try:
@@ -73,3 +84,15 @@ for _name in __all__:
         except (AttributeError, TypeError):
             pass
 del _name, _object
+
+
+def __getattr__(name: str) -> Any:
+    # RedisRegistry needs coredis, the optional extra aioportclaim[redis].
+    if name == "RedisRegistry":
+        from .registries._redis import RedisRegistry
+
+        RedisRegistry.__module__ = "aioportclaim"
+        globals()[name] = RedisRegistry
+        return RedisRegistry
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

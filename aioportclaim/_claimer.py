@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import logging
 import socket
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal, Self, cast
 
 import anyio
@@ -20,7 +21,7 @@ from .registries import ClaimKey, HolderRecord, Registry
 from .registries._defaults import default_registry
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from types import TracebackType
 
     from ._metrics_base import MetricsRecorder
@@ -243,6 +244,76 @@ class PortClaimer:
             f"claim of {self.describe()} was lost: {reason}; release it and claim again"
         )
         raise ClaimLostError(msg)
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why a registry reported a lease of this claim lost, or None.
+
+        Only leases that a background task renews (Redis) are reported lost:
+        renewal failed for longer than the lease, so another holder may now
+        have the port. Released claims have no leases and return None.
+
+        .. versionadded:: 0.1
+        """
+        for lease in self._leases:
+            if lease.lost_reason is not None:
+                return f"the registry lease for {lease.key.kind} port {lease.key.port} was lost: {lease.lost_reason}"
+        return None
+
+    @property
+    def lost(self) -> bool:
+        """Whether a registry reported a lease of this claim lost (see `lost_reason`).
+
+        .. versionadded:: 0.1
+        """
+        return self.lost_reason is not None
+
+    async def wait_lost(self) -> str:
+        """Wait until a lease of this claim is reported lost, and return why.
+
+        Leases of file lock and in-memory registries are never reported
+        lost, so for them this waits until cancelled.
+
+        .. versionadded:: 0.1
+        """
+        if not self._claimed:
+            msg = f"{self.describe()} is not claimed; await try_claim() first"
+            raise RuntimeError(msg)
+        event = anyio.Event()
+        unregister = [lease.on_lost(lambda _: event.set()) for lease in self._leases]
+        try:
+            await event.wait()
+        finally:
+            for remove in unregister:
+                remove()
+        return self.lost_reason or "a registry lease was lost"
+
+    @contextmanager
+    def cancel_on_loss(self) -> Iterator[anyio.CancelScope]:
+        """Run a block that is cancelled when a lease of this claim is lost.
+
+        When the loss cancels the block, `ClaimLostError` is raised as it
+        ends. A block that finishes before its next checkpoint ends
+        normally; `lost` still tells. `claim_port` and `open_claim` run
+        their blocks this way.
+
+        .. versionadded:: 0.1
+        """
+        with anyio.CancelScope() as scope:
+            unregister = [
+                lease.on_lost(lambda _: scope.cancel()) for lease in self._leases
+            ]
+            try:
+                yield scope
+            finally:
+                for remove in unregister:
+                    remove()
+        reason = self.lost_reason
+        if scope.cancelled_caught and reason is not None:
+            if self.metrics is not None:
+                self.metrics.record_failure("lost")
+            msg = f"claim of {self.describe()} was lost while in use: {reason}; stop using the port and claim again"
+            raise ClaimLostError(msg)
 
     def close_sockets(self) -> None:
         """Close every socket but keep the registry locks, so another process can bind the port.

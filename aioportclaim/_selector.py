@@ -271,7 +271,8 @@ class RobustPortSelector:
             timeout=timeout,
         )
         async with claimer:
-            yield claimer
+            with claimer.cancel_on_loss():
+                yield claimer
 
 
 def _record_rejection(metrics: MetricsRecorder, reason: FailureReason) -> None:
@@ -397,7 +398,8 @@ async def open_claim(
         metrics,
     )
     async with claimer:
-        yield claimer
+        with claimer.cancel_on_loss():
+            yield claimer
 
 
 @asynccontextmanager
@@ -426,6 +428,9 @@ async def claim_port(
     is yielded; `open_claim` yields the claim with all of them. `metrics`
     is the recorder that the claim reports to (see `aioportclaim.metrics`);
     None means the registry's recorder, else the process-wide default.
+    When the registry reports the claim lost (a Redis lease that could not
+    be renewed in time), the block is cancelled and `ClaimLostError` is
+    raised as it ends.
 
     .. versionadded:: 0.1
     """
@@ -443,7 +448,8 @@ async def claim_port(
         metrics,
     )
     async with claimer:
-        yield claimer.socket
+        with claimer.cancel_on_loss():
+            yield claimer.socket
 
 
 async def _claim(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._base import ClaimInfo, ClaimKey, HolderRecord, Lease, Registry
+from ._defaults import REGISTRY_ENV, open_registry
 from ._file import LOCK_DIR_ENV, FileLease, FileLockRegistry, default_lock_dir
 from ._memory import MemoryRegistry
 
+if TYPE_CHECKING:
+    from ._redis import RedisClaimInfo, RedisLease, RedisRegistry
+
 __all__ = [
     "LOCK_DIR_ENV",
+    "REGISTRY_ENV",
     "ClaimInfo",
     "ClaimKey",
     "FileLease",
@@ -15,6 +22,22 @@ __all__ = [
     "HolderRecord",
     "Lease",
     "MemoryRegistry",
+    "RedisClaimInfo",
+    "RedisLease",
+    "RedisRegistry",
     "Registry",
     "default_lock_dir",
+    "open_registry",
 ]
+
+# The Redis registry imports coredis, an optional dependency, on first use.
+_REDIS_NAMES = ("RedisClaimInfo", "RedisLease", "RedisRegistry")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REDIS_NAMES:
+        from . import _redis
+
+        return getattr(_redis, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -8,9 +8,14 @@ import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
 
 from .._system import container_id, host_name
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 Kind = Literal["tcp", "udp"]
 
@@ -147,6 +152,60 @@ class Lease(ABC):
         checkpoints; remote ones return False and are released by `release`.
         """
         return False
+
+    @property
+    def fencing_token(self) -> int | None:
+        """Number from a counter that grows with every new holder, or None.
+
+        A store that the holder writes to can reject writes that carry a
+        lower token than the highest it has seen, so a holder whose lease
+        ran out cannot overwrite the work of the next one. Registries that
+        issue no tokens (file locks, memory) return None.
+
+        .. versionadded:: 0.1
+        """
+        return None
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the registry found this lease lost, or None while it holds.
+
+        Only leases that a background task renews (Redis) are ever lost:
+        renewal failed for a whole lease, another holder took the key over,
+        or the registry was closed while the lease was held.
+
+        .. versionadded:: 0.1
+        """
+        return None
+
+    def on_lost(self, callback: Callable[[str], object]) -> Callable[[], None]:
+        """Register `callback` to be called once with the reason if this lease is lost.
+
+        A lease that is already lost calls it at once. Otherwise it runs in
+        the registry's renewal task, so it must return quickly; exceptions
+        are logged, not raised. Returns a function that unregisters it.
+        Leases that cannot be lost never call it.
+
+        .. versionadded:: 0.1
+        """
+        return _do_nothing
+
+    async def wait_lost(self) -> str:
+        """Wait until this lease is lost and return why; leases that cannot be lost wait forever.
+
+        .. versionadded:: 0.1
+        """
+        event = anyio.Event()
+        unregister = self.on_lost(lambda _reason: event.set())
+        try:
+            await event.wait()
+        finally:
+            unregister()
+        return self.lost_reason or "the lease was lost"
+
+
+def _do_nothing() -> None:
+    pass
 
 
 class Registry(ABC):
