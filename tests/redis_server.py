@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -202,8 +203,9 @@ def _read_reply(reader: BinaryIO) -> RespValue:
     raise OSError(msg)
 
 
+@contextmanager
 def start_redis_server(*, tcp: bool = False) -> Iterator[RedisServer]:
-    """Run a private redis-server for the duration of the generator."""
+    """Run a private redis-server until the block ends."""
     executable = require_redis_server()
     # Unix socket paths are limited to about 100 bytes, so the directory
     # lives directly under the system temporary directory.
@@ -220,10 +222,12 @@ def start_redis_server(*, tcp: bool = False) -> Iterator[RedisServer]:
 @pytest.fixture(name="redis_server")
 def redis_server_fixture() -> Iterator[RedisServer]:
     """A redis-server on a unix socket, stopped by its pid after the test."""
-    yield from start_redis_server()
+    with start_redis_server() as server:
+        yield server
 
 
 @pytest.fixture(name="redis_tcp_server")
 def redis_tcp_server_fixture() -> Iterator[RedisServer]:
     """A redis-server on a unix socket and a loopback TCP port."""
-    yield from start_redis_server(tcp=True)
+    with start_redis_server(tcp=True) as server:
+        yield server
