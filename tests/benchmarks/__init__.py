@@ -1,0 +1,1 @@
+"""Benchmarks of aioportclaim against its peers; run ``python tests/benchmarks/run.py``."""
