@@ -17,7 +17,7 @@ from ._metrics_base import resolve_recorder
 from ._metrics_logging import RepeatLimiter
 from ._system import is_windows
 from ._verify import counterpart_host, family_of, is_port_taken, is_socket_bound
-from .registries import ClaimKey, HolderRecord, Registry
+from .registries import ClaimKey, HolderRecord, Lease, Registry
 from .registries._defaults import default_registry
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._metrics_base import MetricsRecorder
-    from .registries import Lease
 
 logger = logging.getLogger(__name__)
 # An exact-port claim polls a busy port many times a second.
@@ -289,7 +288,7 @@ class PortClaimer:
         return self.lost_reason or "a registry lease was lost"
 
     @contextmanager
-    def cancel_on_loss(self) -> Iterator[anyio.CancelScope]:
+    def cancel_on_loss(self) -> Iterator[None]:
         """Run a block that is cancelled when a lease of this claim is lost.
 
         When the loss cancels the block, `ClaimLostError` is raised as it
@@ -299,12 +298,18 @@ class PortClaimer:
 
         .. versionadded:: 0.1
         """
+        # Leases that keep the base class's on_lost are never lost, and a
+        # cancel scope would add microseconds to every local claim.
+        watched = [
+            lease for lease in self._leases if type(lease).on_lost is not Lease.on_lost
+        ]
+        if not watched:
+            yield
+            return
         with anyio.CancelScope() as scope:
-            unregister = [
-                lease.on_lost(lambda _: scope.cancel()) for lease in self._leases
-            ]
+            unregister = [lease.on_lost(lambda _: scope.cancel()) for lease in watched]
             try:
-                yield scope
+                yield
             finally:
                 for remove in unregister:
                     remove()
