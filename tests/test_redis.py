@@ -19,6 +19,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from aioportclaim import (
     ClaimKey,
     ClaimLostError,
+    FileLockRegistry,
     HolderRecord,
     PortClaimer,
     PortClaimError,
@@ -48,6 +49,7 @@ from .redis_server import redis_server_fixture, redis_tcp_server_fixture  # noqa
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from anyio.abc import ByteStream, Process
 
@@ -553,6 +555,38 @@ class TestDefaultRegistry:
 
         with pytest.raises(PortClaimError, match="open_registry"):
             default_registry()
+
+    def test_file_url_selects_lock_directory(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv(REGISTRY_ENV, f"file://{tmp_path}")
+        registry = default_registry()
+
+        assert isinstance(registry, FileLockRegistry)
+        assert registry.path == tmp_path
+        assert default_registry() is registry
+
+    def test_unknown_registry_value_rejected(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(REGISTRY_ENV, "/var/lib/ports")
+
+        with pytest.raises(ValueError, match=REGISTRY_ENV):
+            default_registry()
+
+    def test_missing_redis_server_fails_in_ci(self) -> None:
+        code = (
+            "from tests.redis_server import require_redis_server\n"
+            "try:\n"
+            "    require_redis_server()\n"
+            "except BaseException as error:\n"
+            "    print(type(error).__name__)\n"
+        )
+        environment = {**os.environ, "CI": "true", "PATH": "/nonexistent"}
+        result = run_python(code, cwd=str(HELPERS.parent.parent), env=environment)
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "Failed"
 
     def test_import_without_coredis(self) -> None:
         code = (

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 REGISTRY_ENV = "AIOPORTCLAIM_REGISTRY"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
-_default: tuple[str | None, Registry] | None = None
+# The registry made for the values of AIOPORTCLAIM_REGISTRY and AIOPORTCLAIM_LOCK_DIR.
+_default: tuple[tuple[str | None, str | None], Registry] | None = None
 _default_lock = threading.Lock()
 # The registry that the innermost `open_registry` block opened.
 _opened: ContextVar[Registry | None] = ContextVar("aioportclaim_registry", default=None)
@@ -41,21 +42,20 @@ def default_registry() -> Registry:
     opened = _opened.get()
     if opened is not None:
         return opened
-    selected = os.environ.get(REGISTRY_ENV)
-    if selected:
-        return _registry_from_environment(selected)
     global _default
-    configured = os.environ.get(LOCK_DIR_ENV)
+    configured = (os.environ.get(REGISTRY_ENV) or None, os.environ.get(LOCK_DIR_ENV))
     current = _default
     if current is not None and current[0] == configured:
         return current[1]
     with _default_lock:
         if _default is None or _default[0] != configured:
-            _default = (configured, FileLockRegistry())
+            _default = (configured, _registry_from_environment(configured[0]))
         return _default[1]
 
 
-def _registry_from_environment(url: str) -> Registry:
+def _registry_from_environment(url: str | None) -> Registry:
+    if url is None:
+        return FileLockRegistry()
     if is_redis_url(url):
         msg = (
             f"{REGISTRY_ENV} selects Redis, which needs an owner for its connections: "
