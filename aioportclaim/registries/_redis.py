@@ -165,8 +165,8 @@ class RedisLease(Lease):
         self._callbacks: list[Callable[[str], object]] = []
         self._renewal = anyio.CancelScope()
         self._released = False
-        # Set when the lease ran out or the key was found taken: there is
-        # then nothing of ours left in Redis to delete.
+        # Set when the lease ran out or the key was found taken. `release`
+        # then sends nothing, because the renewal task cleans up after it.
         self._expired = False
 
     def __repr__(self) -> str:
