@@ -268,15 +268,21 @@ def run_killed(launcher: Launcher, args: argparse.Namespace) -> dict[str, object
 def kill_victims_at_random(
     launcher: Launcher, victims: list[Worker], sleeper: Worker, rng: random.Random
 ) -> None:
-    """Kill each claimer at a random time, and the sleeper soon after it locked."""
+    """Kill each worker at a random moment.
+
+    The first claimer dies at a random time after its start, which may fall
+    before its first claim on a slow machine. The other claimers and the
+    sleeper die at a random time after their first log line, so they are
+    killed while claiming, holding or releasing.
+    """
     spawned = time.monotonic()
-    due = {victim.id: spawned + rng.uniform(0.05, 0.4) for victim in victims}
+    due = {victims[0].id: spawned + rng.uniform(0.02, 0.4)}
     pending = [*victims, sleeper]
     while pending:
         now = time.monotonic()
-        if sleeper.id not in due and sleeper.has_logged():
-            due[sleeper.id] = now + rng.uniform(0, 0.05)
         for worker in list(pending):
+            if worker.id not in due and worker.has_logged():
+                due[worker.id] = now + rng.uniform(0, 0.05)
             if worker.id in due and now >= due[worker.id]:
                 launcher.kill(worker)
                 pending.remove(worker)
