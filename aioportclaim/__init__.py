@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._claim import claim_port, open_claim
 from ._claimer import PortClaimer
 from ._exceptions import (
     ClaimLostError,
@@ -19,7 +20,7 @@ from ._exceptions import (
 )
 from ._getport import get_port, get_port_sync
 from ._handoff import HandoffError, ListenTimeoutError, PortReservation, reserve_port
-from ._selector import RobustPortSelector, claim_port, open_claim
+from ._selector import RobustPortSelector
 from ._spec import parse_port_spec
 from ._strategy import WELL_KNOWN_SERVICE_PORTS, PortSelectionStrategy
 from ._system import FALLBACK_PORT_RANGE, default_candidate_ports

@@ -30,7 +30,7 @@ from ._handoff import (
     send_signal,
     stop_process,
 )
-from ._selector import open_claim
+from ._claim import open_claim
 from ._strategy import PortSelectionStrategy
 from .registries import LOCK_DIR_ENV, ClaimInfo, FileLockRegistry
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._exceptions import ClaimLostError, PortClaimError
-from ._selector import open_claim
+from ._claim import open_claim
 from ._verify import counterpart_host, is_port_taken
 
 if TYPE_CHECKING:

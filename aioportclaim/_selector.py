@@ -1,7 +1,8 @@
-"""RobustPortSelector and claim_port: passes, backoff and one deadline."""
+"""RobustPortSelector: passes over the candidates, backoff and one deadline."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -14,15 +15,13 @@ import anyio
 import anyio.lowlevel
 
 from ._claimer import PortClaimer, check_port, normalize_hosts, normalize_kinds
-from ._exceptions import ClaimLostError, ClaimTimeoutError, PortExhaustedError
+from ._exceptions import ClaimLostError, PortExhaustedError
 from ._metrics_base import resolve_recorder
 from ._metrics_logging import RepeatLimiter, log_fields
-from ._spec import parse_port_spec
 from ._strategy import PortSelectionStrategy
 from .registries._defaults import default_registry
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import AsyncIterator, Sequence
 
     from ._metrics_base import FailureReason, MetricsRecorder
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 # Pass summaries and failed claims repeat while a service keeps retrying.
-_repeat_log = RepeatLimiter(logger)
+repeat_log = RepeatLimiter(logger)
 
 #: Seconds: the first backoff cap between passes, and the largest one.
 BACKOFF_BASE = 0.005
@@ -49,7 +48,7 @@ def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
 
 
 @dataclass(frozen=True)
-class _ClaimOptions:
+class ClaimOptions:
     hosts: tuple[str, ...]
     kinds: tuple[str, ...]
     count: int
@@ -95,13 +94,10 @@ class RobustPortSelector:
         backlog: int = 128,
         metrics: MetricsRecorder | None = None,
     ) -> None:
-        if isinstance(strategy, PortSelectionStrategy):
-            self.strategy = strategy
-        else:
-            self.strategy = PortSelectionStrategy(strategy)
+        self.strategy = strategy_for(strategy)
         check_port(1, count)
         registry = registry if registry is not None else default_registry()
-        self._options = _ClaimOptions(
+        self._options = ClaimOptions(
             hosts=normalize_hosts(host),
             kinds=normalize_kinds(kind),
             count=count,
@@ -129,7 +125,7 @@ class RobustPortSelector:
         each claim is verified after that many seconds and a lost claim
         moves on to the next candidate. The caller releases the claimer.
         """
-        _check_limits(max_attempts, verify_delay, timeout)
+        check_limits(max_attempts, verify_delay, timeout)
         metrics = self._options.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -184,7 +180,7 @@ class RobustPortSelector:
 
             claimer = options.claimer(port, app_id)
             if await claimer.try_claim():
-                if verify_delay <= 0 or await _verified(claimer, verify_delay):
+                if verify_delay <= 0 or await verified(claimer, verify_delay):
                     return claimer
             rejections[port] = claimer.rejection or "in_use"
 
@@ -195,7 +191,7 @@ class RobustPortSelector:
                     break
         if logger.isEnabledFor(logging.DEBUG):
             strategy_text = repr(strategy)
-            _repeat_log.log(
+            repeat_log.log(
                 logging.DEBUG,
                 "pass over %s found no free port: %s",
                 strategy_text,
@@ -245,7 +241,7 @@ class RobustPortSelector:
             f"no port could be claimed for {where} from {strategy_text} "
             f"{limit} ({attempts} passes); widen the strategy, release claims or raise the timeout"
         )
-        _repeat_log.log(
+        repeat_log.log(
             logging.INFO,
             "%s",
             msg,
@@ -280,7 +276,7 @@ def _record_rejection(metrics: MetricsRecorder, reason: FailureReason) -> None:
     metrics.record_failure(reason)
 
 
-async def _verified(claimer: PortClaimer, delay: float) -> bool:
+async def verified(claimer: PortClaimer, delay: float) -> bool:
     try:
         await claimer.verify_claim(delay)
     except ClaimLostError:
@@ -293,7 +289,7 @@ async def _verified(claimer: PortClaimer, delay: float) -> bool:
     return True
 
 
-def _check_limits(
+def check_limits(
     max_attempts: int | None, verify_delay: float, timeout: float | None
 ) -> None:
     if max_attempts is not None and max_attempts < 1:
@@ -307,198 +303,21 @@ def _check_limits(
         raise ValueError(msg)
 
 
-async def claim_exact_port(
-    port: int,
-    *,
-    options: _ClaimOptions,
-    app_id: str | None,
-    timeout: float | None,
-    verify_delay: float,
-) -> PortClaimer:
-    """Poll one port until it can be claimed, with jittered backoff, or time out."""
-    _check_limits(None, verify_delay, timeout)
-    metrics = options.metrics
-    started = time.perf_counter() if metrics is not None else 0.0
-    # When the first attempt that found the lock held by another holder began.
-    lock_busy_since: float | None = None
-    deadline = None if timeout is None else time.monotonic() + timeout
-    attempt = 0
-    while True:
-        claimer = options.claimer(port, app_id)
-        if metrics is not None and lock_busy_since is None:
-            attempt_started = time.perf_counter()
-        if await claimer.try_claim():
-            if verify_delay <= 0 or await _verified(claimer, verify_delay):
-                if metrics is not None:
-                    _record_exact_claim(metrics, started, lock_busy_since)
-                return claimer
-        if metrics is not None and lock_busy_since is None:
-            if claimer.rejection == "locked":
-                lock_busy_since = attempt_started
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            reason = claimer.rejection or "in_use"
-            msg = f"{claimer.describe()} stayed busy for {timeout} s; stop its holder or raise the timeout"
-            if metrics is not None:
-                metrics.record_failure("timeout")
-                if lock_busy_since is not None:
-                    metrics.record_lock_wait(time.perf_counter() - lock_busy_since)
-            _repeat_log.log(
-                logging.INFO,
-                "%s",
-                msg,
-                key=port,
-                extra=log_fields(port, options.kinds, app_id, options.registry),
-            )
-            raise ClaimTimeoutError(msg, {reason: 1})
-        delay = backoff_delay(attempt)
-        await anyio.sleep(delay if remaining is None else min(delay, remaining))
-        attempt += 1
+def strategy_for(spec: object) -> PortSelectionStrategy:
+    """Return `spec` as a strategy, reusing one built earlier for the same plain spec.
 
-
-def _record_exact_claim(
-    metrics: MetricsRecorder, started: float, lock_busy_since: float | None
-) -> None:
-    now = time.perf_counter()
-    metrics.record_claim_duration(now - started)
-    if lock_busy_since is not None:
-        metrics.record_lock_wait(now - lock_busy_since)
-
-
-@asynccontextmanager
-async def open_claim(
-    strategy: PortSelectionStrategy | object = None,
-    *,
-    host: str | Sequence[str] = "127.0.0.1",
-    kind: str | Sequence[str] = "tcp",
-    app_id: str | None = None,
-    registry: Registry | None = None,
-    timeout: float | None = 10.0,
-    count: int = 1,
-    listen: bool = True,
-    backlog: int = 128,
-    verify_delay: float = 0.0,
-    metrics: MetricsRecorder | None = None,
-) -> AsyncIterator[PortClaimer]:
-    """Claim a port as `claim_port` does, and yield the claim object with every socket.
-
-    .. versionadded:: 0.1
+    A strategy computes its allowed ports once, so sharing it across
+    `claim_port` calls with the same spec saves that work. Only None, str
+    and int specs are shared: containers could compare equal while holding
+    values of other types, such as True and 1.
     """
-    claimer = await _claim(
-        strategy,
-        host,
-        kind,
-        app_id,
-        registry,
-        timeout,
-        count,
-        listen,
-        backlog,
-        verify_delay,
-        metrics,
-    )
-    async with claimer:
-        with claimer.cancel_on_loss():
-            yield claimer
+    if isinstance(spec, PortSelectionStrategy):
+        return spec
+    if spec is None or type(spec) is str or type(spec) is int:
+        return _shared_strategy(spec)
+    return PortSelectionStrategy(spec)
 
 
-@asynccontextmanager
-async def claim_port(
-    strategy: PortSelectionStrategy | object = None,
-    *,
-    host: str | Sequence[str] = "127.0.0.1",
-    kind: str | Sequence[str] = "tcp",
-    app_id: str | None = None,
-    registry: Registry | None = None,
-    timeout: float | None = 10.0,
-    count: int = 1,
-    listen: bool = True,
-    backlog: int = 128,
-    verify_delay: float = 0.0,
-    metrics: MetricsRecorder | None = None,
-) -> AsyncIterator[socket.socket]:
-    """Claim a port and yield its bound socket; release everything when the block ends.
-
-    `strategy` is a `PortSelectionStrategy` or any spec that `get_port`
-    accepts. A single port (``8080`` or ``"8080"``) means exactly that port:
-    its lock is polled with jittered backoff until it is free or `timeout`
-    seconds pass (`ClaimTimeoutError`). Other specs are searched until the
-    timeout (`PortExhaustedError`). TCP sockets listen unless `listen` is
-    False. With several hosts, kinds or a `count` above 1, the first socket
-    is yielded; `open_claim` yields the claim with all of them. `metrics`
-    is the recorder that the claim reports to (see `aioportclaim.metrics`);
-    None means the registry's recorder, else the process-wide default.
-    When the registry reports the claim lost (a Redis lease that could not
-    be renewed in time), the block is cancelled and `ClaimLostError` is
-    raised as it ends.
-
-    .. versionadded:: 0.1
-    """
-    claimer = await _claim(
-        strategy,
-        host,
-        kind,
-        app_id,
-        registry,
-        timeout,
-        count,
-        listen,
-        backlog,
-        verify_delay,
-        metrics,
-    )
-    async with claimer:
-        with claimer.cancel_on_loss():
-            yield claimer.socket
-
-
-async def _claim(
-    strategy: object,
-    host: str | Sequence[str],
-    kind: str | Sequence[str],
-    app_id: str | None,
-    registry: Registry | None,
-    timeout: float | None,
-    count: int,
-    listen: bool,
-    backlog: int,
-    verify_delay: float,
-    metrics: MetricsRecorder | None,
-) -> PortClaimer:
-    if not isinstance(strategy, PortSelectionStrategy):
-        spec = parse_port_spec(strategy)
-        if spec.kind == "none":
-            msg = f"port spec {strategy!r} means 'no port'; pass a port, a range or None for any port"
-            raise ValueError(msg)
-        if spec.kind == "exact" and spec.port is not None:
-            registry = registry if registry is not None else default_registry()
-            options = _ClaimOptions(
-                hosts=normalize_hosts(host),
-                kinds=normalize_kinds(kind),
-                count=count,
-                registry=registry,
-                listen=listen,
-                backlog=backlog,
-                metrics=resolve_recorder(metrics, registry),
-            )
-            return await claim_exact_port(
-                spec.port,
-                options=options,
-                app_id=app_id,
-                timeout=timeout,
-                verify_delay=verify_delay,
-            )
-    selector = RobustPortSelector(
-        strategy,
-        registry,
-        host=host,
-        kind=kind,
-        count=count,
-        listen=listen,
-        backlog=backlog,
-        metrics=metrics,
-    )
-    _, claimer = await selector.select_and_claim(
-        app_id, verify_delay=verify_delay, timeout=timeout
-    )
-    return claimer
+@functools.lru_cache(maxsize=64)
+def _shared_strategy(spec: str | int | None) -> PortSelectionStrategy:
+    return PortSelectionStrategy(spec)

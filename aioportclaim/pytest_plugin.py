@@ -33,7 +33,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._handoff import PortReservation, reserve_port
-from ._selector import open_claim
+from ._claim import open_claim
 from ._strategy import PortSelectionStrategy
 from .registries import LOCK_DIR_ENV
 

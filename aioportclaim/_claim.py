@@ -1,0 +1,230 @@
+"""claim_port and open_claim: the public claim entry points, and exact-port polling."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._claimer import PortClaimer, normalize_hosts, normalize_kinds
+from ._exceptions import ClaimTimeoutError
+from ._metrics_base import resolve_recorder
+from ._metrics_logging import log_fields
+from ._selector import (
+    ClaimOptions,
+    RobustPortSelector,
+    backoff_delay,
+    check_limits,
+    repeat_log,
+    verified,
+)
+from ._spec import parse_port_spec
+from ._strategy import PortSelectionStrategy
+from .registries._defaults import default_registry
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import AsyncIterator, Sequence
+
+    from ._metrics_base import MetricsRecorder
+    from .registries import Registry
+
+
+async def claim_exact_port(
+    port: int,
+    *,
+    options: ClaimOptions,
+    app_id: str | None,
+    timeout: float | None,
+    verify_delay: float,
+) -> PortClaimer:
+    """Poll one port until it can be claimed, with jittered backoff, or time out."""
+    check_limits(None, verify_delay, timeout)
+    metrics = options.metrics
+    started = time.perf_counter() if metrics is not None else 0.0
+    # When the first attempt that found the lock held by another holder began.
+    lock_busy_since: float | None = None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempt = 0
+    while True:
+        claimer = options.claimer(port, app_id)
+        if metrics is not None and lock_busy_since is None:
+            attempt_started = time.perf_counter()
+        if await claimer.try_claim():
+            if verify_delay <= 0 or await verified(claimer, verify_delay):
+                if metrics is not None:
+                    _record_exact_claim(metrics, started, lock_busy_since)
+                return claimer
+        if metrics is not None and lock_busy_since is None:
+            if claimer.rejection == "locked":
+                lock_busy_since = attempt_started
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            reason = claimer.rejection or "in_use"
+            msg = f"{claimer.describe()} stayed busy for {timeout} s; stop its holder or raise the timeout"
+            if metrics is not None:
+                metrics.record_failure("timeout")
+                if lock_busy_since is not None:
+                    metrics.record_lock_wait(time.perf_counter() - lock_busy_since)
+            repeat_log.log(
+                logging.INFO,
+                "%s",
+                msg,
+                key=port,
+                extra=log_fields(port, options.kinds, app_id, options.registry),
+            )
+            raise ClaimTimeoutError(msg, {reason: 1})
+        delay = backoff_delay(attempt)
+        await anyio.sleep(delay if remaining is None else min(delay, remaining))
+        attempt += 1
+
+
+def _record_exact_claim(
+    metrics: MetricsRecorder, started: float, lock_busy_since: float | None
+) -> None:
+    now = time.perf_counter()
+    metrics.record_claim_duration(now - started)
+    if lock_busy_since is not None:
+        metrics.record_lock_wait(now - lock_busy_since)
+
+
+@asynccontextmanager
+async def open_claim(
+    strategy: PortSelectionStrategy | object = None,
+    *,
+    host: str | Sequence[str] = "127.0.0.1",
+    kind: str | Sequence[str] = "tcp",
+    app_id: str | None = None,
+    registry: Registry | None = None,
+    timeout: float | None = 10.0,
+    count: int = 1,
+    listen: bool = True,
+    backlog: int = 128,
+    verify_delay: float = 0.0,
+    metrics: MetricsRecorder | None = None,
+) -> AsyncIterator[PortClaimer]:
+    """Claim a port as `claim_port` does, and yield the claim object with every socket.
+
+    .. versionadded:: 0.1
+    """
+    claimer = await _claim(
+        strategy,
+        host,
+        kind,
+        app_id,
+        registry,
+        timeout,
+        count,
+        listen,
+        backlog,
+        verify_delay,
+        metrics,
+    )
+    async with claimer:
+        with claimer.cancel_on_loss():
+            yield claimer
+
+
+@asynccontextmanager
+async def claim_port(
+    strategy: PortSelectionStrategy | object = None,
+    *,
+    host: str | Sequence[str] = "127.0.0.1",
+    kind: str | Sequence[str] = "tcp",
+    app_id: str | None = None,
+    registry: Registry | None = None,
+    timeout: float | None = 10.0,
+    count: int = 1,
+    listen: bool = True,
+    backlog: int = 128,
+    verify_delay: float = 0.0,
+    metrics: MetricsRecorder | None = None,
+) -> AsyncIterator[socket.socket]:
+    """Claim a port and yield its bound socket; release everything when the block ends.
+
+    `strategy` is a `PortSelectionStrategy` or any spec that `get_port`
+    accepts. A single port (``8080`` or ``"8080"``) means exactly that port:
+    its lock is polled with jittered backoff until it is free or `timeout`
+    seconds pass (`ClaimTimeoutError`). Other specs are searched until the
+    timeout (`PortExhaustedError`). TCP sockets listen unless `listen` is
+    False. With several hosts, kinds or a `count` above 1, the first socket
+    is yielded; `open_claim` yields the claim with all of them. `metrics`
+    is the recorder that the claim reports to (see `aioportclaim.metrics`);
+    None means the registry's recorder, else the process-wide default.
+    When the registry reports the claim lost (a Redis lease that could not
+    be renewed in time), the block is cancelled and `ClaimLostError` is
+    raised as it ends.
+
+    .. versionadded:: 0.1
+    """
+    claimer = await _claim(
+        strategy,
+        host,
+        kind,
+        app_id,
+        registry,
+        timeout,
+        count,
+        listen,
+        backlog,
+        verify_delay,
+        metrics,
+    )
+    async with claimer:
+        with claimer.cancel_on_loss():
+            yield claimer.socket
+
+
+async def _claim(
+    strategy: object,
+    host: str | Sequence[str],
+    kind: str | Sequence[str],
+    app_id: str | None,
+    registry: Registry | None,
+    timeout: float | None,
+    count: int,
+    listen: bool,
+    backlog: int,
+    verify_delay: float,
+    metrics: MetricsRecorder | None,
+) -> PortClaimer:
+    if not isinstance(strategy, PortSelectionStrategy):
+        spec = parse_port_spec(strategy)
+        if spec.kind == "none":
+            msg = f"port spec {strategy!r} means 'no port'; pass a port, a range or None for any port"
+            raise ValueError(msg)
+        if spec.kind == "exact" and spec.port is not None:
+            registry = registry if registry is not None else default_registry()
+            options = ClaimOptions(
+                hosts=normalize_hosts(host),
+                kinds=normalize_kinds(kind),
+                count=count,
+                registry=registry,
+                listen=listen,
+                backlog=backlog,
+                metrics=resolve_recorder(metrics, registry),
+            )
+            return await claim_exact_port(
+                spec.port,
+                options=options,
+                app_id=app_id,
+                timeout=timeout,
+                verify_delay=verify_delay,
+            )
+    selector = RobustPortSelector(
+        strategy,
+        registry,
+        host=host,
+        kind=kind,
+        count=count,
+        listen=listen,
+        backlog=backlog,
+        metrics=metrics,
+    )
+    _, claimer = await selector.select_and_claim(
+        app_id, verify_delay=verify_delay, timeout=timeout
+    )
+    return claimer
