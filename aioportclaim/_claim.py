@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._claimer import PortClaimer, normalize_hosts, normalize_kinds
 from ._exceptions import ClaimTimeoutError
 from ._metrics_base import resolve_recorder
 from ._metrics_logging import log_fields
@@ -21,6 +20,7 @@ from ._selector import (
     repeat_log,
     verified,
 )
+from ._sockets import normalize_hosts, normalize_kinds
 from ._spec import parse_port_spec
 from ._strategy import PortSelectionStrategy
 from .registries._defaults import default_registry
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import AsyncIterator, Sequence
 
+    from ._claimer import PortClaimer
     from ._metrics_base import MetricsRecorder
     from .registries import Registry
 

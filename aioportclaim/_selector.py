@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from ._claimer import PortClaimer, check_port, normalize_hosts, normalize_kinds
+from ._claimer import PortClaimer
 from ._exceptions import ClaimLostError, PortExhaustedError
 from ._metrics_base import resolve_recorder
 from ._metrics_logging import RepeatLimiter, log_fields
+from ._sockets import check_port, normalize_hosts, normalize_kinds
 from ._strategy import PortSelectionStrategy
 from .registries._defaults import default_registry
 
