@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import inspect
 import math
-import os
-import random
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import _system
 from ._exceptions import InvalidPortSpecError
+from ._order import Plan, default_rng, iterate_candidates
 from ._spec import (
     PortSpecItem,
     describe_value,
@@ -23,6 +22,9 @@ from ._spec import (
     parse_port_spec,
     translate_port_pattern,
 )
+
+if TYPE_CHECKING:
+    import random
 
 #: A check that can reject a candidate port: a function or coroutine function
 #: that takes the port and returns False to reject it.
@@ -99,13 +101,6 @@ ports, of these kinds of service:
 .. versionadded:: 0.1
 """
 
-# Random generator of candidate orders for callers that pass no rng. A child
-# process reseeds it after fork, so forked workers do not try ports in the
-# same order.
-_default_rng = random.Random()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_default_rng.seed)
-
 
 @dataclass(frozen=True, slots=True)
 class _Preference:
@@ -124,20 +119,6 @@ class _Settings:
     exclusion_labels: tuple[str, ...] = ()
     preferences: tuple[_Preference, ...] = ()
     validators: tuple[Validator, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """The sorted port tuples that candidate order walks, computed once."""
-
-    base_count: int
-    allowed: tuple[int, ...]
-    preferred: tuple[int, ...]
-    # (weight, ports) pairs, highest weight first. The ports of a group are
-    # allowed, sorted and in no other group.
-    groups: tuple[tuple[float, tuple[int, ...]], ...]
-    # Allowed ports that no preference covers.
-    rest: tuple[int, ...]
 
 
 class PortSelectionStrategy:
@@ -176,7 +157,7 @@ class PortSelectionStrategy:
             raise InvalidPortSpecError(message, ports)
         base = spec.ports if spec.kind != "any" else None
         self._settings = _Settings(base=base)
-        self._plan: _Plan | None = None
+        self._plan: Plan | None = None
 
     @classmethod
     def _from_settings(cls, settings: _Settings) -> PortSelectionStrategy:
@@ -336,9 +317,7 @@ class PortSelectionStrategy:
         """
         _check_app_id(app_id)
         plan = self._get_plan()
-        return _iterate_candidates(
-            plan, app_id, rng if rng is not None else _default_rng
-        )
+        return iterate_candidates(plan, app_id, rng if rng is not None else default_rng)
 
     def is_allowed(self, port: int) -> bool:
         """Tell whether `port` is a base port that no exclusion removes.
@@ -381,7 +360,7 @@ class PortSelectionStrategy:
         plan = self._get_plan()
         return plan.base_count - len(plan.allowed)
 
-    def _get_plan(self) -> _Plan:
+    def _get_plan(self) -> Plan:
         plan = self._plan
         if plan is None:
             plan = self._plan = _build_plan(self._settings)
@@ -449,7 +428,7 @@ def _check_weight(weight: object) -> float:
     return float(weight)
 
 
-def _build_plan(settings: _Settings) -> _Plan:
+def _build_plan(settings: _Settings) -> Plan:
     base = settings.base if settings.base is not None else _default_ports()
     allowed: tuple[int, ...] = tuple(sorted(base))
     base_count = len(allowed)
@@ -461,7 +440,7 @@ def _build_plan(settings: _Settings) -> _Plan:
         matched = match_port_patterns(settings.patterns, allowed)
         allowed = tuple(port for port in allowed if port not in matched)
     if not settings.preferences:
-        return _Plan(base_count, allowed, (), (), allowed)
+        return Plan(base_count, allowed, (), (), allowed)
 
     allowed_set = frozenset(allowed)
     weights: dict[int, float] = {}
@@ -477,110 +456,4 @@ def _build_plan(settings: _Settings) -> _Plan:
         for weight, ports in sorted(by_weight.items(), reverse=True)
     )
     rest = tuple(port for port in allowed if port not in weights)
-    return _Plan(base_count, allowed, tuple(sorted(weights)), groups, rest)
-
-
-def _stable_index(app_id: str, length: int) -> int:
-    """Map `app_id` to an index below `length`, the same in every process."""
-    digest = hashlib.sha256(app_id.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % length
-
-
-def _iterate_candidates(
-    plan: _Plan, app_id: str | None, rng: random.Random
-) -> Iterator[int]:
-    first: int | None = None
-    if app_id is not None:
-        pool = plan.preferred or plan.allowed
-        if pool:
-            first = pool[_stable_index(app_id, len(pool))]
-            yield first
-    if plan.groups:
-        yield from _weighted_order(plan.groups, first, rng)
-    yield from _permute(plan.rest, first, rng)
-
-
-def _permute(
-    ports: tuple[int, ...], skip: int | None, rng: random.Random
-) -> Iterator[int]:
-    """Yield `ports` in a random order, without `skip`, at O(1) cost per port.
-
-    The order starts at a random index and steps by a random stride that is
-    coprime with the length, so it visits every index exactly once without
-    building a shuffled copy. Only length times phi(length) orders are
-    possible, far fewer than a full shuffle gives, but enough to spread
-    concurrent claimers over different ports.
-    """
-    length = len(ports)
-    if not length:
-        return
-    index = rng.randrange(length)
-    stride = _coprime_stride(length, rng)
-    for _ in range(length):
-        port = ports[index]
-        if port != skip:
-            yield port
-        index += stride
-        if index >= length:
-            index -= length
-
-
-def _coprime_stride(length: int, rng: random.Random) -> int:
-    if length <= 2:
-        return 1
-    while True:
-        stride = rng.randrange(1, length)
-        if math.gcd(stride, length) == 1:
-            return stride
-
-
-class _GroupState:
-    __slots__ = ("ports", "remaining", "weight")
-
-    def __init__(self, weight: float, remaining: int, ports: Iterator[int]) -> None:
-        self.weight = weight
-        self.remaining = remaining
-        self.ports = ports
-
-
-def _weighted_order(
-    groups: tuple[tuple[float, tuple[int, ...]], ...],
-    skip: int | None,
-    rng: random.Random,
-) -> Iterator[int]:
-    """Yield the ports of all groups, each next port from a group chosen at random.
-
-    A group is chosen with probability proportional to its weight times the
-    number of its ports not yet yielded, so each remaining port's chance to
-    come next is proportional to its weight.
-    """
-    live: list[_GroupState] = []
-    for weight, ports in groups:
-        remaining = len(ports)
-        if skip is not None and _contains(ports, skip):
-            remaining -= 1
-        if remaining:
-            live.append(_GroupState(weight, remaining, _permute(ports, skip, rng)))
-
-    total = sum(group.weight * group.remaining for group in live)
-    while len(live) > 1:
-        point = rng.random() * total
-        for chosen in live:
-            point -= chosen.weight * chosen.remaining
-            if point < 0:
-                break
-        # When rounding leaves point at or above zero after every group, the
-        # loop ends on the last group, which still has ports left.
-        chosen.remaining -= 1
-        total -= chosen.weight
-        yield next(chosen.ports)
-        if not chosen.remaining:
-            live.remove(chosen)
-            total = sum(group.weight * group.remaining for group in live)
-    if live:
-        yield from live[0].ports
-
-
-def _contains(ports: tuple[int, ...], port: int) -> bool:
-    index = bisect.bisect_left(ports, port)
-    return index < len(ports) and ports[index] == port
+    return Plan(base_count, allowed, tuple(sorted(weights)), groups, rest)
