@@ -447,10 +447,10 @@ def redis_rows(
 def write_notes(server: PortServer, ports: list[int]) -> list[str]:
     notes = [
         f"The locked candidates (claim_port and the lock-file claims) claim from {len(ports)} ports, {ports[0]}-{ports[-1]}, all free when the run began; the peers pick from their own ranges.",
-        "claim_port is called as `claim_port(strategy)` with a strategy built once over that window, and as `claim_port()` with the host's default ports, which builds the candidate list of about 31,000 ports on every call.",
+        "claim_port is called as `claim_port(strategy)` with a strategy built once over that window. It is also called as `claim_port()` with the host's default ports: that call builds the candidate list of about 31,000 ports every time, and most of its claims meet a port without a lock file and create one.",
         "The minimal correct claim writes a holder record of about 30 bytes; claim_port writes a JSON record with host, container and start time.",
         "port-for and ephemeral-port-reserve ran a tenth and a quarter of the batch size: port-for takes milliseconds per call, and each ephemeral-port-reserve call leaves a connection in TIME_WAIT for 60 s.",
-        "Herd children are forked from one process that has made one claim, and each child picks and releases one port before the common start, so the timed pick runs on warm caches in every candidate, as in a long-running test worker.",
+        "Herd children are forked from one process that has made one claim. Each child picks and releases one port before the common start, so the timed pick runs on warm caches in every candidate, as in a long-running test worker.",
     ]
     if server.problem is not None:
         notes.append(
