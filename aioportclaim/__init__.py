@@ -2,6 +2,11 @@
 
 A claim picks a port by a strategy, takes a cross-process lock for it,
 binds the socket at once and hands the still-bound socket to the server.
+
+`RedisRegistry` needs the optional coredis client (``pip install
+'aioportclaim[redis]'``). It loads on first access, and it is left out of
+``__all__`` so that ``from aioportclaim import *`` works without coredis;
+import it by name.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from ._claimer import PortClaimer
 from ._exceptions import (
     ClaimLostError,
     ClaimTimeoutError,
+    HandoffError,
     InvalidPortSpecError,
+    ListenTimeoutError,
     LockDirectoryError,
     PortClaimError,
     PortExhaustedError,
 )
 from ._getport import get_port, get_port_sync
-from ._handoff import HandoffError, ListenTimeoutError, PortReservation, reserve_port
+from ._handoff import PortReservation, reserve_port
 from ._selector import RobustPortSelector
 from ._spec import parse_port_spec
 from ._strategy import WELL_KNOWN_SERVICE_PORTS, PortSelectionStrategy
@@ -32,10 +39,12 @@ from .registries import (
     Lease,
     MemoryRegistry,
     Registry,
+    open_registry,
 )
 
 if TYPE_CHECKING:
-    from .registries import RedisRegistry
+    # The redundant alias marks the name as exported for type checkers.
+    from .registries import RedisRegistry as RedisRegistry
 
 __version__ = "0.1.0"
 
@@ -59,7 +68,6 @@ __all__ = [
     "PortExhaustedError",
     "PortReservation",
     "PortSelectionStrategy",
-    "RedisRegistry",
     "Registry",
     "RobustPortSelector",
     "claim_port",
@@ -67,17 +75,13 @@ __all__ = [
     "get_port",
     "get_port_sync",
     "open_claim",
+    "open_registry",
     "parse_port_spec",
     "reserve_port",
 ]
 
-# Names whose modules import optional dependencies, loaded on first access.
-_LAZY = frozenset({"RedisRegistry"})
-
 # Tracebacks and reprs show the public module, not the private one.
 for _name in __all__:
-    if _name in _LAZY:
-        continue
     _object = globals()[_name]
     if getattr(_object, "__module__", "").startswith("aioportclaim."):
         try:

@@ -95,6 +95,30 @@ class ClaimLostError(PortClaimError):
 
     The lock was taken over, the socket was closed or lost its port, or
     another process listens on the same port in the other address family.
+    A claim through Redis is also lost when its lease could not be renewed
+    before it ran out (Redis down or unreachable, or the key deleted),
+    because another holder may have the port by then.
+
+    .. versionadded:: 0.1
+    """
+
+
+class HandoffError(PortClaimError):
+    """Raised when the process that should bind a reserved port does not.
+
+    `returncode` is the process's exit status when it exited before it
+    listened, else None.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class ListenTimeoutError(HandoffError, TimeoutError):
+    """Raised when the process did not listen on the reserved port in time.
 
     .. versionadded:: 0.1
     """

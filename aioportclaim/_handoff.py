@@ -7,29 +7,31 @@ A process that ignores the registry can still bind the port between the
 socket's close and the child's bind. The hand-off cannot prevent that, but
 `PortReservation.wait_listening` detects it: once the port listens, it checks
 that the listening socket belongs to the child or one of its descendants.
-
-On Linux the owner is found by reading the listening socket's inode from
-``/proc/net/{tcp,tcp6,udp,udp6}`` and the ``socket:[inode]`` links under
-``/proc/<pid>/fd``, and descendants by the parent pid in ``/proc/<pid>/stat``.
+On Linux the owner is found through /proc (see `_procfs`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
-import socket
-import struct
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ._exceptions import ClaimLostError, PortClaimError
 from ._claim import open_claim
+from ._exceptions import ClaimLostError, HandoffError, ListenTimeoutError
+from ._procfs import (
+    _command_name,
+    _has_exited,
+    _list_pids,
+    _read_proc_net,
+    _Socket,
+    descendants,
+    find_socket_owners,
+)
 from ._verify import counterpart_host, is_port_taken
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from anyio.abc import Process
 
     from ._claimer import PortClaimer
+    from ._metrics_base import MetricsRecorder
     from ._strategy import PortSelectionStrategy
     from .registries import Registry
 
@@ -53,39 +56,10 @@ MAX_POLL_INTERVAL = 0.5
 #: Seconds a stopped child gets between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
 
-_TCP_LISTEN_STATE = "0A"
 _WILDCARDS = ("0.0.0.0", "::")
 # A socket whose owner cannot be found in this many looks in a row is
 # reported: it belongs to a process that this user cannot inspect.
 _UNKNOWN_OWNER_LOOKS = 3
-
-
-class HandoffError(PortClaimError):
-    """Raised when the process that should bind a reserved port does not.
-
-    `returncode` is the process's exit status when it exited before it
-    listened, else None.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, message: str, returncode: int | None = None) -> None:
-        super().__init__(message)
-        self.returncode = returncode
-
-
-class ListenTimeoutError(HandoffError, TimeoutError):
-    """Raised when the process did not listen on the reserved port in time.
-
-    .. versionadded:: 0.1
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class _Socket:
-    kind: str
-    address: str
-    inode: int
 
 
 class PortReservation:
@@ -341,13 +315,16 @@ async def reserve_port(
     app_id: str | None = None,
     registry: Registry | None = None,
     timeout: float | None = 10.0,
+    metrics: MetricsRecorder | None = None,
 ) -> AsyncIterator[PortReservation]:
     """Claim a port for another process to bind, and keep its lock until the block ends.
 
     The port is locked and bound as `claim_port` does it, except that a TCP
     socket binds without ``SO_REUSEADDR`` and does not listen, so clients
     are refused rather than queued before the real server runs. Arguments
-    mean what they mean for `claim_port`.
+    mean what they mean for `claim_port`: `metrics` is the recorder that
+    the claim reports to, and None means the registry's recorder, else the
+    process-wide default.
 
     .. versionadded:: 0.1
     """
@@ -359,6 +336,7 @@ async def reserve_port(
         registry=registry,
         timeout=timeout,
         listen=False,
+        metrics=metrics,
     ) as claimer:
         yield PortReservation(claimer)
 
@@ -392,151 +370,6 @@ def send_signal(process: Process, signum: int, *, group: bool = False) -> None:
             process.send_signal(signal.Signals(signum))
     except ProcessLookupError:
         pass
-
-
-def descendants(pid: int) -> set[int]:
-    """Return `pid` and the pids of all its descendants, read from ``/proc/*/stat``."""
-    children: dict[int, list[int]] = {}
-    for child, parent in _read_parents().items():
-        children.setdefault(parent, []).append(child)
-    tree = {pid}
-    pending = [pid]
-    while pending:
-        for child in children.get(pending.pop(), ()):
-            if child not in tree:
-                tree.add(child)
-                pending.append(child)
-    return tree
-
-
-def find_socket_owners(inodes: set[int], pids: set[int]) -> dict[int, set[int]]:
-    """Map each socket inode of `inodes` to the processes of `pids` that hold it."""
-    owners: dict[int, set[int]] = {}
-    for pid in pids:
-        for inode in _socket_inodes(pid) & inodes:
-            owners.setdefault(inode, set()).add(pid)
-    return owners
-
-
-def _read_proc_net(kind: str, port: int) -> list[_Socket] | None:
-    """List the sockets on `port` from /proc/net, or None where it cannot be read."""
-    found: list[_Socket] = []
-    readable = False
-    for path in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
-        try:
-            with open(path, encoding="ascii") as file:
-                lines = file.readlines()[1:]
-        except OSError:
-            continue
-        readable = True
-        for line in lines:
-            item = _parse_proc_net_line(line, kind, port)
-            if item is not None:
-                found.append(item)
-    return found if readable else None
-
-
-def _parse_proc_net_line(line: str, kind: str, port: int) -> _Socket | None:
-    # Fields: slot, local address:port, remote address:port, state, queues,
-    # timers, retransmits, uid, timeout, inode. Addresses are hexadecimal
-    # 32-bit words in host byte order, and the port is plain hexadecimal.
-    fields = line.split()
-    if len(fields) < 10:
-        return None
-    address_hex, _, port_hex = fields[1].partition(":")
-    try:
-        if int(port_hex, 16) != port:
-            return None
-        if kind == "tcp" and fields[3] != _TCP_LISTEN_STATE:
-            return None
-        inode = int(fields[9])
-        address = _decode_address(address_hex)
-    except ValueError:
-        return None
-    return _Socket(kind, address, inode) if inode else None
-
-
-def _decode_address(text: str) -> str:
-    words = [int(text[start : start + 8], 16) for start in range(0, len(text), 8)]
-    raw = b"".join(struct.pack("=I", word) for word in words)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw)
-    address = ipaddress.IPv6Address(raw)
-    mapped = address.ipv4_mapped
-    return str(mapped) if mapped is not None else str(address)
-
-
-def _list_pids() -> list[int]:
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
-    return [int(name) for name in names if name.isdigit()]
-
-
-def _read_parents() -> dict[int, int]:
-    parents: dict[int, int] = {}
-    for pid in _list_pids():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as file:
-                data = file.read()
-        except OSError:
-            continue
-        # The command name in parentheses may contain spaces and ")", so
-        # the fields after it are found from the last ")".
-        fields = data.rpartition(b")")[2].split()
-        if len(fields) >= 2 and fields[1].isdigit():
-            parents[pid] = int(fields[1])
-    return parents
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
-        return set()
-    inodes: set[int] = set()
-    for name in names:
-        try:
-            target = os.readlink(f"{fd_dir}/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target.endswith("]"):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def _command_name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as file:
-            return file.read(64).strip() or "?"
-    except OSError:
-        return "?"
-
-
-def _has_exited(process: int | Process) -> bool:
-    if not isinstance(process, int) and process.returncode is not None:
-        return True
-    pid = process if isinstance(process, int) else process.pid
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            state = file.read().rpartition(b")")[2].split()[:1]
-    except FileNotFoundError:
-        return os.path.exists("/proc/self/stat") or not _pid_exists(pid)
-    except OSError:
-        return False
-    return state == [b"Z"]  # a zombie has exited, and its parent has not waited yet
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _collect_status(process: int | Process) -> int | None:

@@ -24,7 +24,8 @@ from aioportclaim import (
     claim_port,
     reserve_port,
 )
-from aioportclaim._handoff import descendants, stop_process
+from aioportclaim._handoff import stop_process
+from aioportclaim._procfs import descendants
 
 from .conftest import HELPERS, count_open_fds, require_ipv6, require_root_tools
 

@@ -1,4 +1,10 @@
-"""Registries: where claims live."""
+"""Registries: where claims live.
+
+`RedisRegistry`, `RedisLease` and `RedisClaimInfo` need the optional coredis
+client (``pip install 'aioportclaim[redis]'``). They load on first access,
+and they are left out of ``__all__`` so that ``from aioportclaim.registries
+import *`` works without coredis; import them by name.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,10 @@ from ._file import LOCK_DIR_ENV, FileLease, FileLockRegistry, default_lock_dir
 from ._memory import MemoryRegistry
 
 if TYPE_CHECKING:
-    from ._redis import RedisClaimInfo, RedisLease, RedisRegistry
+    # The redundant aliases mark the names as exported for type checkers.
+    from ._redis import RedisClaimInfo as RedisClaimInfo
+    from ._redis import RedisRegistry as RedisRegistry
+    from ._redis_lease import RedisLease as RedisLease
 
 __all__ = [
     "LOCK_DIR_ENV",
@@ -22,9 +31,6 @@ __all__ = [
     "HolderRecord",
     "Lease",
     "MemoryRegistry",
-    "RedisClaimInfo",
-    "RedisLease",
-    "RedisRegistry",
     "Registry",
     "default_lock_dir",
     "open_registry",

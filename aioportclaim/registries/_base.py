@@ -17,6 +17,8 @@ from .._system import container_id, host_name
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._metrics_base import MetricsRecorder
+
 Kind = Literal["tcp", "udp"]
 
 #: Holder records are read from files and keys that other processes write,
@@ -219,6 +221,13 @@ class Registry(ABC):
 
     #: Short name for logs and metrics.
     name: str = "registry"
+    #: Recorder that claims through this registry report to when they name
+    #: none themselves; None leaves them to the process-wide default (see
+    #: `aioportclaim.metrics`). Registries take it as their ``metrics=``
+    #: argument.
+    #:
+    #: .. versionadded:: 0.1
+    metrics: MetricsRecorder | None = None
 
     @abstractmethod
     def scope(self) -> str:
