@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
+from ._claimer import PortClaimer
 from ._exceptions import ClaimTimeoutError
 from ._metrics_base import resolve_recorder
 from ._metrics_logging import log_fields
@@ -25,11 +25,14 @@ from ._spec import parse_port_spec
 from ._strategy import PortSelectionStrategy
 from .registries._defaults import default_registry
 
+_Entered = TypeVar("_Entered")
+
 if TYPE_CHECKING:
     import socket
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import Sequence
+    from contextlib import AbstractAsyncContextManager, AbstractContextManager
+    from types import TracebackType
 
-    from ._claimer import PortClaimer
     from ._metrics_base import MetricsRecorder
     from .registries import Registry
 
@@ -92,8 +95,7 @@ def _record_exact_claim(
         metrics.record_lock_wait(now - lock_busy_since)
 
 
-@asynccontextmanager
-async def open_claim(
+def open_claim(
     strategy: PortSelectionStrategy | object = None,
     *,
     host: str | Sequence[str] = "127.0.0.1",
@@ -106,12 +108,12 @@ async def open_claim(
     backlog: int = 128,
     verify_delay: float = 0.0,
     metrics: MetricsRecorder | None = None,
-) -> AsyncIterator[PortClaimer]:
+) -> AbstractAsyncContextManager[PortClaimer]:
     """Claim a port as `claim_port` does, and yield the claim object with every socket.
 
     .. versionadded:: 0.1
     """
-    claimer = await _claim(
+    arguments = (
         strategy,
         host,
         kind,
@@ -124,13 +126,10 @@ async def open_claim(
         verify_delay,
         metrics,
     )
-    async with claimer:
-        with claimer.cancel_on_loss():
-            yield claimer
+    return _OpenClaimContext(arguments)
 
 
-@asynccontextmanager
-async def claim_port(
+def claim_port(
     strategy: PortSelectionStrategy | object = None,
     *,
     host: str | Sequence[str] = "127.0.0.1",
@@ -143,7 +142,7 @@ async def claim_port(
     backlog: int = 128,
     verify_delay: float = 0.0,
     metrics: MetricsRecorder | None = None,
-) -> AsyncIterator[socket.socket]:
+) -> AbstractAsyncContextManager[socket.socket]:
     """Claim a port and yield its bound socket; release everything when the block ends.
 
     `strategy` is a `PortSelectionStrategy` or any spec that `get_port`
@@ -161,7 +160,7 @@ async def claim_port(
 
     .. versionadded:: 0.1
     """
-    claimer = await _claim(
+    arguments = (
         strategy,
         host,
         kind,
@@ -174,9 +173,79 @@ async def claim_port(
         verify_delay,
         metrics,
     )
-    async with claimer:
-        with claimer.cancel_on_loss():
-            yield claimer.socket
+    return _SocketClaimContext(arguments)
+
+
+class _ClaimContext(Generic[_Entered]):
+    """Claim on entry and release on exit, for `claim_port` and `open_claim`.
+
+    A class rather than a generator-based context manager, because this
+    sits on every claim's path and a generator costs several microseconds.
+    """
+
+    __slots__ = ("_arguments", "_claimer", "_loss_watch")
+
+    def __init__(self, arguments: tuple[Any, ...]) -> None:
+        self._arguments = arguments
+        self._claimer: PortClaimer | None = None
+        self._loss_watch: AbstractContextManager[None] | None = None
+
+    async def _enter(self) -> PortClaimer:
+        if self._claimer is not None:
+            msg = "this claim context is already in use; call claim_port() again for another claim"
+            raise RuntimeError(msg)
+        claimer = await _claim(*self._arguments)
+        self._claimer = claimer
+        if claimer.can_be_lost:
+            watch = claimer.cancel_on_loss()
+            try:
+                watch.__enter__()
+            except BaseException:
+                await claimer.release()
+                raise
+            self._loss_watch = watch
+        return claimer
+
+    async def __aenter__(self) -> _Entered:
+        return self._entered(await self._enter())
+
+    def _entered(self, claimer: PortClaimer) -> _Entered:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        claimer, self._claimer = self._claimer, None
+        watch, self._loss_watch = self._loss_watch, None
+        if claimer is None:
+            return None
+        try:
+            if watch is not None:
+                return watch.__exit__(exc_type, exc, traceback)
+            return None
+        finally:
+            await claimer.__aexit__(exc_type, exc, traceback)
+
+
+class _OpenClaimContext(_ClaimContext[PortClaimer]):
+    """The context manager behind `open_claim`: yields the claim object."""
+
+    __slots__ = ()
+
+    def _entered(self, claimer: PortClaimer) -> PortClaimer:
+        return claimer
+
+
+class _SocketClaimContext(_ClaimContext["socket.socket"]):
+    """The context manager behind `claim_port`: yields the claim's first socket."""
+
+    __slots__ = ()
+
+    def _entered(self, claimer: PortClaimer) -> socket.socket:
+        return claimer.socket
 
 
 async def _claim(

@@ -14,6 +14,7 @@ from ._metrics_base import resolve_recorder
 from ._metrics_logging import RepeatLimiter
 from ._sockets import (
     DEFAULT_BACKLOG,
+    Kind,
     bind_socket,
     check_port,
     normalize_hosts,
@@ -79,6 +80,37 @@ class PortClaimer:
         self._leases: list[Lease] = []
         self._sockets: list[socket.socket] = []
         self._claimed = False
+
+    @classmethod
+    def _prepared(
+        cls,
+        port: int,
+        ports: tuple[int, ...],
+        hosts: tuple[str, ...],
+        kinds: tuple[Kind, ...],
+        registry: Registry,
+        app_id: str | None,
+        listen: bool,
+        backlog: int,
+        metrics: MetricsRecorder | None,
+    ) -> Self:
+        # The selector builds one claimer per candidate from arguments it
+        # has already checked and normalized; this skips doing it again.
+        claimer = cls.__new__(cls)
+        claimer.port = port
+        claimer.ports = ports
+        claimer.hosts = hosts
+        claimer.kinds = kinds
+        claimer.registry = registry
+        claimer.app_id = app_id
+        claimer.listen = listen
+        claimer.backlog = backlog
+        claimer.metrics = metrics
+        claimer.rejection = None
+        claimer._leases = []
+        claimer._sockets = []
+        claimer._claimed = False
+        return claimer
 
     def __repr__(self) -> str:
         state = "claimed" if self._claimed else "not claimed"
@@ -285,6 +317,18 @@ class PortClaimer:
                 remove()
         return self.lost_reason or "a registry lease was lost"
 
+    @property
+    def can_be_lost(self) -> bool:
+        """Whether a lease of this claim can be lost while held, as a Redis lease can."""
+        return bool(self._losable_leases())
+
+    def _losable_leases(self) -> list[Lease]:
+        # Leases that keep the base class's on_lost are never lost, and a
+        # cancel scope would add microseconds to every local claim.
+        return [
+            lease for lease in self._leases if type(lease).on_lost is not Lease.on_lost
+        ]
+
     @contextmanager
     def cancel_on_loss(self) -> Iterator[None]:
         """Run a block that is cancelled when a lease of this claim is lost.
@@ -296,11 +340,7 @@ class PortClaimer:
 
         .. versionadded:: 0.1
         """
-        # Leases that keep the base class's on_lost are never lost, and a
-        # cancel scope would add microseconds to every local claim.
-        watched = [
-            lease for lease in self._leases if type(lease).on_lost is not Lease.on_lost
-        ]
+        watched = self._losable_leases()
         if not watched:
             yield
             return

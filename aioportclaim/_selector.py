@@ -8,7 +8,6 @@ import random
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,7 +17,7 @@ from ._claimer import PortClaimer
 from ._exceptions import ClaimLostError, PortExhaustedError
 from ._metrics_base import resolve_recorder
 from ._metrics_logging import RepeatLimiter, log_fields
-from ._sockets import check_port, normalize_hosts, normalize_kinds
+from ._sockets import Kind, check_port, normalize_hosts, normalize_kinds
 from ._strategy import PortSelectionStrategy
 from .registries._defaults import default_registry
 
@@ -48,27 +47,42 @@ def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
     return (rng or random).uniform(0, cap)
 
 
-@dataclass(frozen=True)
 class ClaimOptions:
-    hosts: tuple[str, ...]
-    kinds: tuple[str, ...]
-    count: int
-    registry: Registry
-    listen: bool
-    backlog: int
-    metrics: MetricsRecorder | None = None
+    """The checked, normalized arguments shared by every claimer of one selection."""
+
+    __slots__ = ("backlog", "count", "hosts", "kinds", "listen", "metrics", "registry")
+
+    def __init__(
+        self,
+        *,
+        hosts: tuple[str, ...],
+        kinds: tuple[Kind, ...],
+        count: int,
+        registry: Registry,
+        listen: bool,
+        backlog: int,
+        metrics: MetricsRecorder | None = None,
+    ) -> None:
+        self.hosts = hosts
+        self.kinds = kinds
+        self.count = count
+        self.registry = registry
+        self.listen = listen
+        self.backlog = backlog
+        self.metrics = metrics
 
     def claimer(self, port: int, app_id: str | None) -> PortClaimer:
-        return PortClaimer(
+        """Return an unclaimed claimer of `port` (or the block from it) with these options."""
+        return PortClaimer._prepared(
             port,
-            host=self.hosts,
-            kind=self.kinds,
-            count=self.count,
-            registry=self.registry,
-            app_id=app_id,
-            listen=self.listen,
-            backlog=self.backlog,
-            metrics=self.metrics,
+            tuple(range(port, port + self.count)) if self.count > 1 else (port,),
+            self.hosts,
+            self.kinds,
+            self.registry,
+            app_id,
+            self.listen,
+            self.backlog,
+            self.metrics,
         )
 
 

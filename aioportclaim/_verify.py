@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 
@@ -42,12 +43,14 @@ def is_port_taken(host: str, kind: str, port: int) -> bool | None:
     family = family_of(host)
     sock_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
     try:
-        probe = socket.socket(family, sock_type)
+        # The probe never leaves this function, so the C-level socket type
+        # serves and skips the Python wrapper's set-up.
+        probe = _socket.socket(family, sock_type)
     except OSError as error:
         if error.errno in _FAMILY_MISSING:
             return None
         raise
-    with probe:
+    try:
         if family == socket.AF_INET6:
             # Probe the IPv6 side alone: a dual-stack probe on "::" would
             # also collide with our own IPv4 socket.
@@ -62,6 +65,8 @@ def is_port_taken(host: str, kind: str, port: int) -> bool | None:
             if error.errno in _FAMILY_MISSING:
                 return None
             raise
+    finally:
+        probe.close()
     return False
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import errno
+import functools
+import json
 import logging
 import os
 import re
 import stat
 import tempfile
 import threading
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,7 +112,6 @@ class FileLease(Lease):
         fd, self._fd = self._fd, -1
         if fd < 0:
             return
-        _live_leases.discard(self)
         with _held_here_lock:
             if _held_here.get(self.path) is self:
                 del _held_here[self.path]
@@ -234,7 +234,7 @@ class FileLockRegistry(Registry):
         try:
             # Padding to a fixed size overwrites any older record without a
             # truncate call; JSON ignores the trailing spaces.
-            data = holder.to_bytes().ljust(_RECORD_SIZE)
+            data = _encode_record(holder).ljust(_RECORD_SIZE)
             os.pwrite(lease.fd, data, 0)
             if lease.file_size > len(data):
                 os.ftruncate(lease.fd, len(data))
@@ -243,7 +243,6 @@ class FileLockRegistry(Registry):
             raise _directory_error(os.path.dirname(lease.path), error) from error
         with _held_here_lock:
             _held_here[lease.path] = lease
-        _live_leases.add(lease)
         return lease
 
     async def list_claims(self) -> list[ClaimInfo]:
@@ -391,17 +390,12 @@ def _remove_if_unheld(path: str) -> bool:
         os.close(fd)
 
 
-# Leases alive in this process, so a forked child can drop its inherited copies.
-_live_leases: weakref.WeakSet[FileLease] = weakref.WeakSet()
-
-
 def _forget_leases_in_child() -> None:
     # The child shares each locked open file with its parent. Closing the
     # child's copies leaves the parent's locks in place, and the child's
     # leases then report themselves released instead of closing reused fds.
-    for lease in list(_live_leases):
+    for lease in list(_held_here.values()):
         lease.forget_after_fork()
-    _live_leases.clear()
     _held_here.clear()
     global _held_here_lock
     _held_here_lock = threading.Lock()
@@ -409,3 +403,22 @@ def _forget_leases_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_leases_in_child)
+
+
+def _encode_record(holder: HolderRecord) -> bytes:
+    """Serialize `holder` as `HolderRecord.to_bytes` does, reusing the fixed fields.
+
+    Most fields are the same for every claim of a process, so their JSON is
+    built once; this keeps the record off the claim path's profile.
+    """
+    fixed = _fixed_record_fields(holder.pid, holder.host, holder.container)
+    app_id = "null" if holder.app_id is None else json.dumps(holder.app_id)
+    return (
+        f'{{"pid":{holder.pid},"kind":{json.dumps(holder.kind)},"port":{holder.port},'
+        f'"app_id":{app_id},{fixed},"started":{holder.started!r}}}'
+    ).encode()
+
+
+@functools.lru_cache(maxsize=8)
+def _fixed_record_fields(pid: int, host: str, container: str | None) -> str:
+    return f'"host":{json.dumps(host)},"container":{json.dumps(container)}'
