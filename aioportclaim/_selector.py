@@ -153,7 +153,7 @@ class RobustPortSelector:
                     metrics.record_claim_duration(time.perf_counter() - started)
                 return claimer.port, claimer
             attempt += 1
-            if self.strategy.allowed_count == 0:
+            if self._nothing_left(rejections):
                 break
             if max_attempts is not None and attempt >= max_attempts:
                 break
@@ -215,6 +215,17 @@ class RobustPortSelector:
                 extra=log_fields(None, options.kinds, app_id, options.registry),
             )
         return None
+
+    def _nothing_left(self, rejections: dict[int, str]) -> bool:
+        # Validator and exclusion verdicts stand for the whole selection, so
+        # when they cover every allowed port, waiting cannot help.
+        allowed = self.strategy.allowed_count
+        if allowed == 0:
+            return True
+        final = sum(
+            1 for reason in rejections.values() if reason in _REMEMBERED_REJECTIONS
+        )
+        return final >= allowed
 
     def _held_here(self, port: int) -> bool:
         registry = self._options.registry

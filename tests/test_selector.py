@@ -298,3 +298,17 @@ class TestLogging:
         assert warning.getMessage().startswith(
             f"lost claim of tcp 127.0.0.1 port {claim.port}"
         )
+
+
+class TestEarlyExhaustion:
+    async def test_all_rejected_by_validator_fails_fast(
+        self, registry: FileLockRegistry
+    ) -> None:
+        strategy = PortSelectionStrategy(find_free_ports(3)).add_validator(
+            lambda _: False
+        )
+
+        with anyio.fail_after(2), pytest.raises(PortExhaustedError) as caught:
+            await RobustPortSelector(strategy, registry).select_and_claim(timeout=30)
+
+        assert caught.value.rejections["validator"] == 3
