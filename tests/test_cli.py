@@ -13,14 +13,25 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from aioportclaim import FileLockRegistry, HolderRecord, default_candidate_ports
-from aioportclaim.registries import ClaimKey, FileLease
+from aioportclaim import (
+    FileLockRegistry,
+    HolderRecord,
+    RedisRegistry,
+    default_candidate_ports,
+)
+from aioportclaim.registries import REGISTRY_ENV, ClaimKey, FileLease
 
 from .conftest import HELPERS, find_free_ports
+
+# Importing the fixture registers it for this module's tests.
+from .redis_server import redis_server_fixture  # noqa: F401
+
+if TYPE_CHECKING:
+    from .redis_server import RedisServer
 
 COMMAND = [sys.executable, "-m", "aioportclaim"]
 ENV_LISTENER = [sys.executable, str(HELPERS / "cli_env_listener.py")]
@@ -36,7 +47,9 @@ NOTICE = re.compile(
 )
 
 
-def cli(*arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    *arguments: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*COMMAND, *arguments],
         stdin=subprocess.DEVNULL,
@@ -44,6 +57,7 @@ def cli(*arguments: str, timeout: float = 60) -> subprocess.CompletedProcess[str
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -464,3 +478,312 @@ class TestListAndGc:
         assert gc.returncode == 0
         assert held_checks > 0
         assert lost == []
+
+
+def plant_redis_claim(
+    server: RedisServer,
+    port: int,
+    *,
+    token: int = 77,
+    scope: str | None = None,
+    lease_ms: int = 30_000,
+) -> str:
+    """Write the claim key of another holder of `port` into Redis; return the key."""
+    registry = RedisRegistry(server.url)
+    key = registry.redis_key(ClaimKey(scope or registry.scope(), "tcp", port))
+    record = HolderRecord.for_this_process("tcp", port, "web").to_bytes()
+    value = b"v1 planted %d %s" % (token, record)
+    server.command("SET", key, value, "PX", lease_ms)
+    return key
+
+
+def free_port_without_server() -> int:
+    return find_free_ports(1)[0]
+
+
+class TestRegistryOption:
+    def test_pick_skips_port_claimed_in_redis(self, redis_server: RedisServer) -> None:
+        ports = find_free_ports(2)
+        planted = plant_redis_claim(redis_server, ports[0])
+
+        result = cli(
+            *["--registry", redis_server.url, "pick", f"{ports[0]},{ports[1]}"],
+            *["--prefer", f"{ports[0]}-{ports[0]}"],
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) == ports[1]
+        assert redis_server.keys("aioportclaim:claim:*") == [planted.encode()]
+        assert redis_server.get("aioportclaim:fence") is not None
+
+    def test_registry_read_from_environment(self, redis_server: RedisServer) -> None:
+        [port] = find_free_ports(1)
+        plant_redis_claim(redis_server, port)
+
+        in_redis = cli(
+            "pick",
+            str(port),
+            "--claim-timeout",
+            "0.3",
+            env={REGISTRY_ENV: redis_server.url},
+        )
+        in_lock_dir = cli("pick", str(port))
+
+        assert in_redis.returncode == 1
+        assert "1 locked by another holder" in error_line(in_redis)
+        assert int(in_lock_dir.stdout) == port
+
+    def test_lock_dir_overrides_environment(self, lock_dir: Path) -> None:
+        unreachable = f"redis://127.0.0.1:{free_port_without_server()}"
+
+        result = cli(
+            "--lock-dir", str(lock_dir), "pick", env={REGISTRY_ENV: unreachable}
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) in default_candidate_ports()
+
+    def test_file_url_selects_lock_dir(self, lock_dir: Path) -> None:
+        [port] = find_free_ports(1)
+        lease = lock(lock_dir, port, app_id="web")
+        try:
+            result = cli("--registry", f"file://{lock_dir}", "list", "--json")
+        finally:
+            lease.release_now()
+        [claim] = json.loads(result.stdout)
+
+        assert claim["port"] == port
+        assert claim["app_id"] == "web"
+        assert claim["path"].startswith(str(lock_dir))
+
+    def test_list_shows_token_and_expiry(self, redis_server: RedisServer) -> None:
+        [port] = find_free_ports(1)
+        plant_redis_claim(redis_server, port, token=77)
+
+        result = cli("--registry", redis_server.url, "list")
+        header, row = result.stdout.splitlines()
+        cells = dict(zip(header.split(), row.split(), strict=True))
+
+        assert result.returncode == 0, result.stderr
+        assert header.split() == [
+            *["PORT", "PROTO", "PID", "HOST", "APP_ID", "AGE", "TOKEN", "EXPIRES"]
+        ]
+        assert cells["PORT"] == str(port)
+        assert cells["PID"] == str(os.getpid())
+        assert cells["APP_ID"] == "web"
+        assert cells["TOKEN"] == "77"
+        assert 25.0 <= float(cells["EXPIRES"].rstrip("s")) <= 30.0
+
+    def test_list_json_all_scopes(self, redis_server: RedisServer) -> None:
+        ports = find_free_ports(2)
+        local_key = plant_redis_claim(redis_server, ports[0], token=5)
+        elsewlocal_key = plant_redis_claim(
+            redis_server, ports[1], token=6, scope="other-host:net-1"
+        )
+
+        local = cli("--registry", redis_server.url, "list", "--json")
+        everywhere = cli(
+            "--registry", redis_server.url, "list", "--json", "--all-scopes"
+        )
+        local_claims = json.loads(local.stdout)
+        all_claims = {claim["key"]: claim for claim in json.loads(everywhere.stdout)}
+
+        assert [claim["key"] for claim in local_claims] == [local_key]
+        assert set(all_claims) == {local_key, remote_key}
+        assert all_claims[remote_key]["scope"] == "other-host:net-1"
+        assert all_claims[remote_key]["fencing_token"] == 6
+        assert 0 < all_claims[remote_key]["expires_in_seconds"] <= 30
+
+    def test_list_all_scopes_adds_scope_column(self, redis_server: RedisServer) -> None:
+        [port] = find_free_ports(1)
+        plant_redis_claim(redis_server, port, scope="other-host:net-1")
+
+        result = cli("--registry", redis_server.url, "list", "--all-scopes")
+        header, row = result.stdout.splitlines()
+
+        assert header.split()[-1] == "SCOPE"
+        assert row.split()[-1] == "other-host:net-1"
+
+    def test_gc_explains_redis_expiry(self, redis_server: RedisServer) -> None:
+        [port] = find_free_ports(1)
+        planted = plant_redis_claim(redis_server, port)
+
+        result = cli("--registry", f"{redis_server.url}?lease=2", "gc")
+        as_json = cli("--registry", redis_server.url, "gc", "--json")
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("nothing to remove: a claim in Redis")
+        assert "(a lease is 2 s" in result.stdout
+        assert len(result.stdout.splitlines()) == 1
+        assert json.loads(as_json.stdout) == []
+        assert redis_server.keys("aioportclaim:claim:*") == [planted.encode()]
+
+    def test_run_stops_child_when_lease_lost(
+        self, redis_server: RedisServer, tmp_path: Path
+    ) -> None:
+        pid_file = tmp_path / "child.pid"
+        run = subprocess.Popen(
+            [
+                *[*COMMAND, "--registry", f"{redis_server.url}?lease=0.6", "run"],
+                *["--", *ENV_LISTENER, "PORT", "--hold", "30"],
+                *["--pid-file", str(pid_file)],
+            ],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            notice = NOTICE.match(read_line(run.stderr, 30))  # type: ignore[arg-type]
+            keys = redis_server.keys("aioportclaim:claim:*")
+            for key in keys:
+                redis_server.command("DEL", key)
+            deleted_at = time.monotonic()
+            status = run.wait(timeout=30)
+            stopped_after = time.monotonic() - deleted_at
+        finally:
+            if run.poll() is None:
+                run.kill()
+            _, stderr = run.communicate(timeout=30)
+        last_line = stderr.splitlines()[-1]
+
+        assert notice is not None
+        assert [key.rsplit(b":", 1)[1] for key in keys] == [notice.group(3).encode()]
+        assert status == 125
+        assert last_line.startswith(f"aioportclaim: error: stopped {notice.group(1)}")
+        assert "was lost: its key in Redis was deleted" in last_line
+        assert "Traceback" not in stderr
+        assert process_gone(int(pid_file.read_text()))
+        assert stopped_after < 5
+
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("http://127.0.0.1", "invalid registry URL 'http://127.0.0.1'"),
+            ("/var/lib/ports", "invalid registry URL '/var/lib/ports'"),
+            ("", "invalid registry URL ''"),
+            ("redis://[::1", "invalid registry URL: Invalid IPv6 URL"),
+            ("redis://127.0.0.1:99999", "Port out of range"),
+            ("redis://user:secret@127.0.0.1:x", "'redis://127.0.0.1:x'"),
+            ("unix://", "missing the socket path"),
+            ("redis://127.0.0.1?lease=soon", "invalid lease 'soon'"),
+            ("file://otherhost/ports", "file:///path/to/lock-directory"),
+        ],
+    )
+    def test_bad_registry_url_one_line(self, url: str, message: str) -> None:
+        result = cli("--registry", url, "pick")
+
+        assert result.returncode == 2
+        assert message in error_line(result)
+        assert "secret" not in result.stderr
+
+    def test_bad_environment_url_names_variable(self) -> None:
+        result = cli("list", env={REGISTRY_ENV: "ftp://127.0.0.1"})
+
+        assert result.returncode == 2
+        assert f"invalid {REGISTRY_ENV} 'ftp://127.0.0.1'" in error_line(result)
+
+    @pytest.mark.parametrize(
+        ("arguments", "status"),
+        [(["pick"], 1), (["list"], 1), (["gc"], 1), (["run", "--", "true"], 125)],
+    )
+    def test_unreachable_redis_one_line(
+        self, arguments: list[str], status: int
+    ) -> None:
+        url = f"redis://127.0.0.1:{free_port_without_server()}"
+
+        result = cli("--registry", url, *arguments)
+
+        assert result.returncode == status
+        assert f"connecting failed at Redis {url}" in error_line(result)
+        assert "Connection refused" in error_line(result)
+
+    def test_missing_unix_socket_one_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "redis.sock"
+
+        result = cli("--registry", f"unix://{path}", "pick")
+
+        assert result.returncode == 1
+        assert f"unix://{path}: No such file or directory" in error_line(result)
+
+    def test_registry_and_lock_dir_exclusive(self, lock_dir: Path) -> None:
+        result = cli("--lock-dir", str(lock_dir), "--registry", "redis://x", "pick")
+
+        assert result.returncode == 2
+        assert "not allowed with argument" in error_line(result)
+
+
+def stats_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """Parse the metrics that --stats json writes as the last line of stderr."""
+    snapshot: dict[str, Any] = json.loads(result.stderr.splitlines()[-1])
+    return snapshot
+
+
+class TestStats:
+    def test_run_stats_text_on_stderr(self) -> None:
+        result = cli(
+            *["run", "--quiet", "--stats", "--"],
+            *[*ENV_LISTENER, "PORT", "--hold", "0.2", "--status", "3"],
+        )
+        lines = result.stderr.splitlines()
+
+        assert result.returncode == 3
+        assert result.stdout == ""
+        assert lines[0] == "aioportclaim: claim metrics:"
+        assert lines[1] == "aioportclaim: attempts 1, successes 1, releases 1, held 0"
+        assert lines[2].startswith("aioportclaim: failures: in_use 0,")
+        assert lines[3].startswith("aioportclaim: claim duration (ms, 1 observed)")
+        assert len(lines) == 5
+
+    def test_run_stats_json_last_line(self) -> None:
+        result = cli(
+            *["run", "--quiet", "--stats", "json", "--"],
+            *[*ENV_LISTENER, "PORT", "--hold", "0.2"],
+        )
+        snapshot = stats_json(result)
+
+        assert result.returncode == 0, result.stderr
+        assert snapshot["successes"] == 1
+        assert snapshot["releases"] == 1
+        assert snapshot["held"] == 0
+        assert snapshot["claim_duration"]["count"] == 1
+
+    def test_run_stats_through_redis(self, redis_server: RedisServer) -> None:
+        result = cli(
+            *["--registry", redis_server.url, "run", "--quiet", "--stats=json"],
+            *["--", *ENV_LISTENER, "PORT", "--hold", "0.2"],
+        )
+        snapshot = stats_json(result)
+
+        assert result.returncode == 0, result.stderr
+        assert snapshot["successes"] == 1
+        assert snapshot["releases"] == 1
+
+    def test_pick_stats_keep_stdout_clean(self) -> None:
+        result = cli("pick", "--stats", "json")
+        snapshot = stats_json(result)
+
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) in default_candidate_ports()
+        assert snapshot["attempts"] >= 1
+        assert snapshot["successes"] == 1
+
+    def test_stats_follow_failed_claim(self) -> None:
+        [port] = find_free_ports(1)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            result = cli("pick", str(port), "--claim-timeout", "0.2", "--stats", "json")
+        error, _ = result.stderr.splitlines()
+        snapshot = stats_json(result)
+
+        assert result.returncode == 1
+        assert "no port could be claimed" in error
+        assert snapshot["successes"] == 0
+        assert snapshot["failures"]["in_use"] >= 1
+        assert snapshot["failures"]["exhausted"] == 1
+
+    def test_stats_rejects_unknown_format(self) -> None:
+        result = cli("pick", "--stats=xml")
+
+        assert result.returncode == 2
+        assert "argument --stats: invalid choice: 'xml'" in error_line(result)

@@ -6,7 +6,7 @@ import math
 import re
 import socket
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,7 +39,7 @@ def host_identity() -> str:
 
 
 def _split_url_options(url: str) -> tuple[str, dict[str, str]]:
-    parts = urlsplit(url)
+    parts = _parse_url(url)
     if parts.scheme not in _URL_SCHEMES:
         msg = f"invalid Redis URL {_describe_url(url)!r}: expected a redis://, rediss:// or unix:// URL"
         raise ValueError(msg)
@@ -51,6 +51,27 @@ def _split_url_options(url: str) -> tuple[str, dict[str, str]]:
         else:
             rest.append((name, value))
     return urlunsplit(parts._replace(query=urlencode(rest))), ours
+
+
+def _parse_url(url: str) -> SplitResult:
+    """Split `url`, or raise `ValueError` naming the URL when its address is invalid."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme != "unix":
+            _ = parts.port  # raises ValueError for a port that is not 0 to 65535
+    except ValueError as error:
+        msg = f"invalid Redis URL {_redact(url)!r}: {error}; expected redis://HOST:PORT, rediss://HOST:PORT or unix:///path/to/redis.sock"
+        raise ValueError(msg) from None
+    if parts.scheme == "unix" and not parts.path:
+        msg = f"invalid Redis URL {_redact(url)!r}: missing the socket path; expected unix:///path/to/redis.sock"
+        raise ValueError(msg)
+    return parts
+
+
+def _redact(url: str) -> str:
+    """Drop the user name, password and query, for messages about URLs that do not parse."""
+    without_query = url.partition("?")[0]
+    return re.sub(r"//[^/]*@", "//", without_query, count=1)
 
 
 def _describe_url(url: str) -> str:
