@@ -577,7 +577,7 @@ class TestRegistryOption:
     def test_list_json_all_scopes(self, redis_server: RedisServer) -> None:
         ports = find_free_ports(2)
         local_key = plant_redis_claim(redis_server, ports[0], token=5)
-        elsewlocal_key = plant_redis_claim(
+        remote_key = plant_redis_claim(
             redis_server, ports[1], token=6, scope="other-host:net-1"
         )
 
