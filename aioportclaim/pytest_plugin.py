@@ -21,6 +21,14 @@ Options: ``--aioportclaim-lock-dir`` (ini ``aioportclaim_lock_dir``) sets the
 lock directory for the fixtures and, through ``AIOPORTCLAIM_LOCK_DIR``, for
 every claim the tests and their child processes make. ``--aioportclaim-ports``
 (ini ``aioportclaim_ports``) limits the ports the fixtures pick from.
+
+``--aioportclaim-registry`` (ini ``aioportclaim_registry``, else the
+``AIOPORTCLAIM_REGISTRY`` variable) names the registry that the fixtures
+claim through by URL: Redis (``redis://``, ``rediss://`` or ``unix://``) or
+a lock directory (``file:///path``). The session opens it once, on the
+portal's event loop, and the ``aioportclaim_registry`` fixture returns it.
+The option leaves the environment alone, so claims that the tests make
+themselves still use their own registry.
 """
 
 from __future__ import annotations
@@ -32,14 +40,17 @@ from typing import TYPE_CHECKING
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._handoff import PortReservation, reserve_port
 from ._claim import open_claim
+from ._handoff import PortReservation, reserve_port
 from ._strategy import PortSelectionStrategy
-from .registries import LOCK_DIR_ENV
+from .registries import LOCK_DIR_ENV, REGISTRY_ENV, open_registry
+from .registries._defaults import file_registry_from_url, is_redis_url
 
 if TYPE_CHECKING:
     import socket
     from collections.abc import Iterator
+
+    from .registries import Registry
 
 #: Seconds a fixture waits for a free port before the test errors.
 CLAIM_TIMEOUT = 30.0
@@ -47,6 +58,8 @@ CLAIM_TIMEOUT = 30.0
 _STRATEGY_KEY = pytest.StashKey[PortSelectionStrategy]()
 # The value AIOPORTCLAIM_LOCK_DIR had before the lock directory option set it.
 _PREVIOUS_LOCK_DIR_KEY = pytest.StashKey[str | None]()
+# The URL of the registry that the fixtures claim through, if one is set.
+_REGISTRY_URL_KEY = pytest.StashKey[str | None]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,6 +76,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SPEC",
         help="ports the claimed_* fixtures pick from, such as 20000-29999 (default: the host's unprivileged ports outside the ephemeral range)",
     )
+    group.addoption(
+        "--aioportclaim-registry",
+        dest="aioportclaim_registry",
+        metavar="URL",
+        help=f"registry that the claimed_* fixtures claim through: a redis://, rediss:// or unix:// URL for Redis, or file:///path/to/lock-directory (default: ${REGISTRY_ENV}, else the lock directory)",
+    )
     parser.addini(
         "aioportclaim_lock_dir",
         "lock directory of port claims, as --aioportclaim-lock-dir",
@@ -70,6 +89,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "aioportclaim_ports",
         "ports the claimed_* fixtures pick from, as --aioportclaim-ports",
+    )
+    parser.addini(
+        "aioportclaim_registry",
+        "registry that the claimed_* fixtures claim through, as --aioportclaim-registry",
     )
 
 
@@ -87,6 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if lock_dir is not None:
         config.stash[_PREVIOUS_LOCK_DIR_KEY] = os.environ.get(LOCK_DIR_ENV)
         os.environ[LOCK_DIR_ENV] = lock_dir
+    config.stash[_REGISTRY_URL_KEY] = _registry_setting(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -112,6 +136,43 @@ def _lock_dir_setting(config: pytest.Config) -> str | None:
     return str(base / str(value))
 
 
+def _registry_setting(config: pytest.Config) -> str | None:
+    """Return the registry URL of the fixtures, or None for the default registry.
+
+    A URL from the option or the ini file is checked here, so that a typo
+    stops the run at once. One from the environment is checked when a
+    fixture first opens it, because the variable may be set for the code
+    under test rather than for the fixtures.
+    """
+    option = config.getoption("aioportclaim_registry", None)
+    source = "--aioportclaim-registry"
+    value = str(option or "").strip()
+    if not value:
+        value = str(config.getini("aioportclaim_registry") or "").strip()
+        source = "ini option aioportclaim_registry"
+    if not value:
+        return os.environ.get(REGISTRY_ENV, "").strip() or None
+    try:
+        _check_registry_url(value, source)
+    except (ValueError, ImportError) as error:
+        raise pytest.UsageError(str(error)) from None
+    return value
+
+
+def _check_registry_url(url: str, source: str) -> None:
+    if not is_redis_url(url):
+        file_registry_from_url(url, source=source)
+        return
+    # Creating the registry checks its URL options without connecting.
+    from .registries import RedisRegistry
+
+    try:
+        RedisRegistry(url)
+    except ValueError as error:
+        msg = f"invalid {source}: {error}"
+        raise ValueError(msg) from None
+
+
 class ClaimedPortFactory:
     """Reserve TCP ports on demand; every one is released when the test ends.
 
@@ -127,11 +188,13 @@ class ClaimedPortFactory:
         strategy: PortSelectionStrategy,
         stack: ExitStack,
         kind: str = "tcp",
+        registry: Registry | None = None,
     ) -> None:
         self._portal = portal
         self._strategy = strategy
         self._stack = stack
         self._kind = kind
+        self._registry = registry
         self._ports: list[int] = []
 
     def __call__(self, ports: object = None, *, host: str = "127.0.0.1") -> int:
@@ -142,7 +205,12 @@ class ClaimedPortFactory:
         """
         strategy = self._strategy if ports is None else ports
         reservation = reserve_in_portal(
-            self._portal, self._stack, strategy, kind=self._kind, host=host
+            self._portal,
+            self._stack,
+            strategy,
+            kind=self._kind,
+            host=host,
+            registry=self._registry,
         )
         self._ports.append(reservation.port)
         return reservation.port
@@ -160,12 +228,17 @@ def reserve_in_portal(
     *,
     kind: str,
     host: str = "127.0.0.1",
+    registry: Registry | None = None,
 ) -> PortReservation:
     """Reserve a port on the portal's event loop and close its socket at once.
 
-    The reservation ends when `stack` closes.
+    The reservation ends when `stack` closes. `registry` must be opened on
+    the same portal, as ``aioportclaim_registry`` is; None means the
+    default registry.
     """
-    manager = reserve_port(strategy, kind=kind, host=host, timeout=CLAIM_TIMEOUT)
+    manager = reserve_port(
+        strategy, kind=kind, host=host, registry=registry, timeout=CLAIM_TIMEOUT
+    )
     reservation = stack.enter_context(portal.wrap_async_context_manager(manager))
     reservation.release_socket()
     return reservation
@@ -178,43 +251,90 @@ def aioportclaim_portal() -> Iterator[BlockingPortal]:
         yield portal
 
 
+@pytest.fixture(scope="session")
+def aioportclaim_registry(
+    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+) -> Iterator[Registry | None]:
+    """Return the registry that the fixtures claim through, opened once per session.
+
+    It is None when no registry URL is set, and the fixtures then use the
+    default registry. A Redis registry lives on `aioportclaim_portal`, so
+    call its methods through that portal.
+
+    .. versionadded:: 0.1
+    """
+    url = request.config.stash[_REGISTRY_URL_KEY]
+    if url is None:
+        yield None
+        return
+    with aioportclaim_portal.wrap_async_context_manager(open_registry(url)) as registry:
+        yield registry
+
+
 @pytest.fixture
 def claimed_tcp_port_factory(
-    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+    request: pytest.FixtureRequest,
+    aioportclaim_portal: BlockingPortal,
+    aioportclaim_registry: Registry | None,
 ) -> Iterator[ClaimedPortFactory]:
     """Return a callable that reserves a TCP port per call, all released at test end."""
     with ExitStack() as stack:
         yield ClaimedPortFactory(
-            aioportclaim_portal, request.config.stash[_STRATEGY_KEY], stack
+            aioportclaim_portal,
+            request.config.stash[_STRATEGY_KEY],
+            stack,
+            registry=aioportclaim_registry,
         )
 
 
 @pytest.fixture
 def claimed_tcp_port(
-    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+    request: pytest.FixtureRequest,
+    aioportclaim_portal: BlockingPortal,
+    aioportclaim_registry: Registry | None,
 ) -> Iterator[int]:
     """Return a TCP port on 127.0.0.1 whose lock is held until the test ends."""
     with ExitStack() as stack:
         strategy = request.config.stash[_STRATEGY_KEY]
-        yield reserve_in_portal(aioportclaim_portal, stack, strategy, kind="tcp").port
+        reservation = reserve_in_portal(
+            aioportclaim_portal,
+            stack,
+            strategy,
+            kind="tcp",
+            registry=aioportclaim_registry,
+        )
+        yield reservation.port
 
 
 @pytest.fixture
 def claimed_udp_port(
-    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+    request: pytest.FixtureRequest,
+    aioportclaim_portal: BlockingPortal,
+    aioportclaim_registry: Registry | None,
 ) -> Iterator[int]:
     """Return a UDP port on 127.0.0.1 whose lock is held until the test ends."""
     with ExitStack() as stack:
         strategy = request.config.stash[_STRATEGY_KEY]
-        yield reserve_in_portal(aioportclaim_portal, stack, strategy, kind="udp").port
+        reservation = reserve_in_portal(
+            aioportclaim_portal,
+            stack,
+            strategy,
+            kind="udp",
+            registry=aioportclaim_registry,
+        )
+        yield reservation.port
 
 
 @pytest.fixture
 def claimed_tcp_socket(
-    request: pytest.FixtureRequest, aioportclaim_portal: BlockingPortal
+    request: pytest.FixtureRequest,
+    aioportclaim_portal: BlockingPortal,
+    aioportclaim_registry: Registry | None,
 ) -> Iterator[socket.socket]:
     """Return a listening TCP socket on 127.0.0.1, closed and released at test end."""
     strategy = request.config.stash[_STRATEGY_KEY]
-    manager = open_claim(strategy, timeout=CLAIM_TIMEOUT)
+    manager = open_claim(
+        strategy, registry=aioportclaim_registry, timeout=CLAIM_TIMEOUT
+    )
     with aioportclaim_portal.wrap_async_context_manager(manager) as claimer:
         yield claimer.socket

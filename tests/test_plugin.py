@@ -1,4 +1,4 @@
-"""The pytest plugin: fixtures in sync, asyncio and trio tests, options, xdist."""
+"""The pytest plugin: fixtures in sync, asyncio and trio tests, options, xdist, Redis."""
 
 from __future__ import annotations
 
@@ -15,14 +15,97 @@ import anyio
 import pytest
 from anyio.abc import SocketListener
 
-from aioportclaim import ClaimTimeoutError, FileLockRegistry, claim_port
+from aioportclaim import (
+    ClaimKey,
+    ClaimTimeoutError,
+    FileLockRegistry,
+    HolderRecord,
+    RedisRegistry,
+    claim_port,
+)
+from aioportclaim.registries import REGISTRY_ENV
 
 from .conftest import HELPERS, find_free_ports
+
+# Importing the fixture registers it for this module's tests.
+from .redis_server import redis_server_fixture  # noqa: F401
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from aioportclaim.pytest_plugin import ClaimedPortFactory
+
+    from .redis_server import RedisServer
+
+# Test module run by the Redis tests below, in one process and in file order.
+# Another holder has claimed in Redis every port that --aioportclaim-ports
+# allows except FREE_PORT. FACTORY_PORTS are free ports outside that range.
+REDIS_SUITE = """
+import os
+import socket
+from contextlib import ExitStack
+
+from aioportclaim import RedisRegistry
+from aioportclaim.pytest_plugin import reserve_in_portal
+
+
+def held_in_redis(portal, registry):
+    claims = portal.call(registry.list_claims)
+    return {(info.key.kind, info.key.port) for info in claims}
+
+
+def count_open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_port_skips_claims_in_redis(
+    claimed_tcp_port, aioportclaim_portal, aioportclaim_registry
+):
+    assert isinstance(aioportclaim_registry, RedisRegistry)
+    assert claimed_tcp_port == int(os.environ["FREE_PORT"])
+    assert ("tcp", claimed_tcp_port) in held_in_redis(
+        aioportclaim_portal, aioportclaim_registry
+    )
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", claimed_tcp_port))
+        server.listen()
+
+
+def test_other_fixtures_claim_in_redis(
+    claimed_tcp_socket,
+    claimed_udp_port,
+    claimed_tcp_port_factory,
+    aioportclaim_portal,
+    aioportclaim_registry,
+):
+    factory_port = claimed_tcp_port_factory(os.environ["FACTORY_PORTS"])
+    held = held_in_redis(aioportclaim_portal, aioportclaim_registry)
+
+    assert ("tcp", claimed_tcp_socket.getsockname()[1]) in held
+    assert ("udp", claimed_udp_port) in held
+    assert ("tcp", factory_port) in held
+
+
+def test_reservations_leak_no_descriptor(aioportclaim_portal, aioportclaim_registry):
+    def reserve_once():
+        with ExitStack() as stack:
+            reserve_in_portal(
+                aioportclaim_portal,
+                stack,
+                os.environ["FACTORY_PORTS"],
+                kind="tcp",
+                registry=aioportclaim_registry,
+            )
+
+    reserve_once()
+    fds_before = count_open_fds()
+    held_before = held_in_redis(aioportclaim_portal, aioportclaim_registry)
+    for _ in range(5):
+        reserve_once()
+
+    assert count_open_fds() == fds_before
+    assert held_in_redis(aioportclaim_portal, aioportclaim_registry) == held_before
+"""
 
 
 def held_ports() -> set[tuple[str, int]]:
@@ -247,4 +330,75 @@ class TestSubprocessRuns:
 
         assert result.returncode == pytest.ExitCode.USAGE_ERROR
         assert "--aioportclaim-ports: invalid port spec '9000-80'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def plant_redis_claims(server: RedisServer, ports: list[int]) -> list[bytes]:
+    """Claim TCP `ports` in Redis as another holder would; return the keys, sorted."""
+    registry = RedisRegistry(server.url)
+    keys = []
+    for port in ports:
+        key = registry.redis_key(ClaimKey(registry.scope(), "tcp", port))
+        record = HolderRecord.for_this_process("tcp", port, "other").to_bytes()
+        server.command("SET", key, b"v1 planted 1 " + record, "PX", 60_000)
+        keys.append(key.encode())
+    return sorted(keys)
+
+
+class TestRedisRegistry:
+    @pytest.mark.parametrize("setting", ["option", "ini", "environment"])
+    def test_fixtures_claim_through_redis(
+        self, tmp_path: Path, redis_server: RedisServer, setting: str
+    ) -> None:
+        ports = find_free_ports(7)
+        planted = plant_redis_claims(redis_server, ports[:4])
+        (tmp_path / "test_suite.py").write_text(REDIS_SUITE)
+        env = {
+            "FREE_PORT": str(ports[4]),
+            "FACTORY_PORTS": f"{ports[5]}-{ports[6]}",
+        }
+        arguments = [f"--aioportclaim-ports={ports[0]}-{ports[4]}"]
+        if setting == "option":
+            arguments.append(f"--aioportclaim-registry={redis_server.url}")
+        elif setting == "ini":
+            arguments += ["-o", f"aioportclaim_registry={redis_server.url}"]
+        else:
+            env[REGISTRY_ENV] = redis_server.url
+
+        result = run_pytest(tmp_path, *arguments, env=env)
+
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "3 passed" in result.stdout
+        assert redis_server.keys("aioportclaim:claim:*") == planted
+        assert redis_server.get("aioportclaim:fence") is not None
+
+    def test_unreachable_redis_errors_tests(self, tmp_path: Path) -> None:
+        [port] = find_free_ports(1)
+        (tmp_path / "test_suite.py").write_text(
+            "def test_first(claimed_tcp_port): pass\n"
+            "def test_second(claimed_udp_port): pass\n"
+        )
+
+        result = run_pytest(
+            tmp_path, f"--aioportclaim-registry=redis://127.0.0.1:{port}"
+        )
+
+        assert result.returncode == pytest.ExitCode.TESTS_FAILED
+        assert "2 errors" in result.stdout
+        assert f"connecting failed at Redis redis://127.0.0.1:{port}" in result.stdout
+
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("ftp://127.0.0.1", "invalid --aioportclaim-registry 'ftp://127.0.0.1'"),
+            ("redis://127.0.0.1?lease=soon", "invalid lease 'soon'"),
+        ],
+    )
+    def test_invalid_registry_is_usage_error(
+        self, tmp_path: Path, url: str, message: str
+    ) -> None:
+        result = run_pytest(tmp_path, f"--aioportclaim-registry={url}")
+
+        assert result.returncode == pytest.ExitCode.USAGE_ERROR
+        assert message in result.stderr
         assert "Traceback" not in result.stderr
