@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -19,7 +21,36 @@ from aioportclaim import (
     get_port_sync,
 )
 
-from .conftest import find_free_ports
+from .conftest import find_free_ports, run_python
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Imports that a star import of the package and of its registries must allow.
+STAR_IMPORTS = """
+from aioportclaim import *
+from aioportclaim.registries import *
+
+print(open_registry.__name__, HandoffError.__name__, FileLockRegistry.__name__)
+"""
+# Reads RedisRegistry by name after a star import, which skips it.
+REDIS_BY_NAME = """
+from aioportclaim import *
+
+print("RedisRegistry" in globals())
+try:
+    from aioportclaim import RedisRegistry
+except ImportError as error:
+    print(error)
+"""
+
+
+def hide_coredis(directory: Path) -> dict[str, str]:
+    """Return an environment whose Python path finds a coredis that fails to import."""
+    (directory / "coredis.py").write_text(
+        "raise ImportError('coredis is hidden for this test')\n"
+    )
+    return {"PYTHONPATH": str(directory)}
 
 
 class TestExports:
@@ -46,6 +77,23 @@ class TestExports:
         ]
 
         assert wrong == []
+
+    def test_redis_registry_outside_all(self) -> None:
+        assert "RedisRegistry" not in aioportclaim.__all__
+        assert aioportclaim.RedisRegistry.__module__ == "aioportclaim"
+
+    def test_open_registry_exported(self) -> None:
+        from aioportclaim.registries import open_registry
+
+        assert aioportclaim.open_registry is open_registry
+        assert "open_registry" in aioportclaim.__all__
+
+    def test_handoff_errors_exported(self) -> None:
+        from aioportclaim import _exceptions
+
+        assert aioportclaim.HandoffError is _exceptions.HandoffError
+        assert aioportclaim.ListenTimeoutError is _exceptions.ListenTimeoutError
+        assert issubclass(aioportclaim.ListenTimeoutError, TimeoutError)
 
     def test_errors_are_oserrors(self) -> None:
         assert issubclass(PortClaimError, OSError)
@@ -129,3 +177,35 @@ class TestGetPortSync:
 
         assert get_port_sync(ports) in ports
         await anyio.lowlevel.checkpoint()
+
+
+class TestWithoutCoredis:
+    def test_star_import_works(self, tmp_path: Path) -> None:
+        env = {**os.environ, **hide_coredis(tmp_path)}
+
+        result = run_python(STAR_IMPORTS, env=env)
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [
+            "open_registry",
+            "HandoffError",
+            "FileLockRegistry",
+        ]
+
+    def test_import_by_name_names_extra(self, tmp_path: Path) -> None:
+        env = {**os.environ, **hide_coredis(tmp_path)}
+
+        result = run_python(REDIS_BY_NAME, env=env)
+        in_globals, message = result.stdout.splitlines()
+
+        assert result.returncode == 0, result.stderr
+        assert in_globals == "False"
+        assert "pip install 'aioportclaim[redis]'" in message
+
+    def test_hidden_coredis_really_fails(self, tmp_path: Path) -> None:
+        env = {**os.environ, **hide_coredis(tmp_path)}
+
+        result = run_python("import coredis", env=env)
+
+        assert result.returncode == 1
+        assert "coredis is hidden for this test" in result.stderr

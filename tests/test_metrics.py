@@ -26,8 +26,11 @@ from aioportclaim import (
     PortClaimer,
     PortExhaustedError,
     PortSelectionStrategy,
+    RedisRegistry,
+    Registry,
     claim_port,
     open_claim,
+    reserve_port,
 )
 from aioportclaim import _claimer as claimer_module
 from aioportclaim.metrics import (
@@ -45,11 +48,16 @@ from aioportclaim.metrics import (
 
 from .conftest import HELPERS, count_open_fds, find_free_ports
 
+# Importing the fixture registers it for this module's tests.
+from .redis_server import redis_server_fixture  # noqa: F401
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
     from opentelemetry.sdk.metrics.export import MetricsData
+
+    from .redis_server import RedisServer
 
 
 @pytest.fixture
@@ -306,6 +314,34 @@ class TestRecorderChoice:
 
         assert explicit.snapshot()["successes"] == 1
         assert own.snapshot()["attempts"] == 0
+
+    async def test_redis_registry_recorder_used(
+        self, redis_server: RedisServer
+    ) -> None:
+        default, own = MemoryRecorder(), MemoryRecorder()
+        set_default_recorder(default)
+        async with RedisRegistry(redis_server.url, lease=1.0, metrics=own) as registry:
+            async with claim_port(registry=registry):
+                pass
+
+        assert registry.metrics is own
+        assert own.snapshot()["successes"] == 1
+        assert own.snapshot()["releases"] == 1
+        assert default.snapshot()["attempts"] == 0
+
+    async def test_reserve_port_recorder_beats_registry(self, lock_dir: Path) -> None:
+        own, explicit = MemoryRecorder(), MemoryRecorder()
+        registry = FileLockRegistry(lock_dir, metrics=own)
+        async with reserve_port(registry=registry, metrics=explicit) as reservation:
+            reservation.release_socket()
+
+        assert explicit.snapshot()["successes"] == 1
+        assert explicit.snapshot()["releases"] == 1
+        assert own.snapshot()["attempts"] == 0
+
+    def test_registry_base_has_no_recorder(self) -> None:
+        assert Registry.metrics is None
+        assert RedisRegistry("redis://127.0.0.1").metrics is None
 
     async def test_no_recorder_leaves_metrics_unset(
         self, registry: FileLockRegistry

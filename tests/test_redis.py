@@ -313,6 +313,10 @@ class TestRedisScopes:
             ("redis://127.0.0.1", {"prefix": "a b"}, "prefix"),
             ("redis://127.0.0.1?lease=5", {"lease": 3}, "one place"),
             ("redis://127.0.0.1?lease=soon", {}, "lease"),
+            ("redis://127.0.0.1:99999", {}, "Port out of range"),
+            ("redis://127.0.0.1:port", {}, "invalid Redis URL"),
+            ("redis://[::1", {}, "Invalid IPv6 URL"),
+            ("unix://", {}, "missing the socket path"),
         ],
     )
     def test_invalid_options_rejected(
@@ -320,6 +324,13 @@ class TestRedisScopes:
     ) -> None:
         with pytest.raises(ValueError, match=message):
             RedisRegistry(url, **options)  # type: ignore[arg-type]
+
+    def test_invalid_url_hides_password(self) -> None:
+        with pytest.raises(ValueError) as caught:
+            RedisRegistry("redis://user:secret@127.0.0.1:port/0?lease=1")
+
+        assert "'redis://127.0.0.1:port/0'" in str(caught.value)
+        assert "secret" not in str(caught.value)
 
     def test_url_password_hidden_in_address(self) -> None:
         registry = RedisRegistry("redis://user:secret@127.0.0.1:6390/2")
