@@ -68,7 +68,10 @@ def _registry_from_environment(url: str | None) -> Registry:
 
 def is_redis_url(url: str) -> bool:
     """Tell whether `url` names a Redis server (redis://, rediss:// or unix://)."""
-    return urlsplit(url.strip()).scheme in _REDIS_SCHEMES
+    # Only the scheme matters here; urlsplit would raise on a malformed host
+    # before the Redis registry could report it with the URL's name.
+    scheme, separator, _ = url.strip().partition("://")
+    return bool(separator) and scheme.lower() in _REDIS_SCHEMES
 
 
 def file_registry_from_url(
