@@ -23,7 +23,7 @@ from ._selector import (
 from ._sockets import normalize_hosts, normalize_kinds
 from ._spec import parse_port_spec
 from ._strategy import PortSelectionStrategy
-from .registries._defaults import default_registry
+from .registries._defaults import resolve_registry
 
 _Entered = TypeVar("_Entered")
 
@@ -267,7 +267,7 @@ async def _claim(
             msg = f"port spec {strategy!r} means 'no port'; pass a port, a range or None for any port"
             raise ValueError(msg)
         if spec.kind == "exact" and spec.port is not None:
-            registry = registry if registry is not None else default_registry()
+            registry = resolve_registry(registry)
             options = ClaimOptions(
                 hosts=normalize_hosts(host),
                 kinds=normalize_kinds(kind),
@@ -277,13 +277,27 @@ async def _claim(
                 backlog=backlog,
                 metrics=resolve_recorder(metrics, registry),
             )
-            return await claim_exact_port(
-                spec.port,
-                options=options,
-                app_id=app_id,
-                timeout=timeout,
-                verify_delay=verify_delay,
-            )
+            if timeout is None or verify_delay <= 0:
+                return await claim_exact_port(
+                    spec.port,
+                    options=options,
+                    app_id=app_id,
+                    timeout=timeout,
+                    verify_delay=verify_delay,
+                )
+            # The deadline covers the verification delay too.
+            with anyio.move_on_after(timeout):
+                return await claim_exact_port(
+                    spec.port,
+                    options=options,
+                    app_id=app_id,
+                    timeout=timeout,
+                    verify_delay=verify_delay,
+                )
+            if options.metrics is not None:
+                options.metrics.record_failure("timeout")
+            msg = f"port {spec.port} could not be claimed and verified within {timeout} s; raise the timeout or shorten verify_delay"
+            raise ClaimTimeoutError(msg, {"in_use": 1})
     selector = RobustPortSelector(
         strategy,
         registry,

@@ -22,7 +22,7 @@ from ._sockets import (
 )
 from ._verify import counterpart_host, is_port_taken, is_socket_bound
 from .registries import ClaimKey, HolderRecord, Lease, Registry
-from .registries._defaults import default_registry
+from .registries._defaults import resolve_registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -68,7 +68,7 @@ class PortClaimer:
         self.ports = tuple(range(port, port + count))
         self.hosts = normalize_hosts(host)
         self.kinds = normalize_kinds(kind)
-        self.registry = registry if registry is not None else default_registry()
+        self.registry = resolve_registry(registry)
         self.app_id = app_id
         self.listen = listen
         self.backlog = backlog

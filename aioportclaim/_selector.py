@@ -19,7 +19,7 @@ from ._metrics_base import resolve_recorder
 from ._metrics_logging import RepeatLimiter, log_fields
 from ._sockets import Kind, check_port, normalize_hosts, normalize_kinds
 from ._strategy import PortSelectionStrategy
-from .registries._defaults import default_registry
+from .registries._defaults import resolve_registry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -111,7 +111,7 @@ class RobustPortSelector:
     ) -> None:
         self.strategy = strategy_for(strategy)
         check_port(1, count)
-        registry = registry if registry is not None else default_registry()
+        registry = resolve_registry(registry)
         self._options = ClaimOptions(
             hosts=normalize_hosts(host),
             kinds=normalize_kinds(kind),
@@ -141,10 +141,33 @@ class RobustPortSelector:
         moves on to the next candidate. The caller releases the claimer.
         """
         check_limits(max_attempts, verify_delay, timeout)
+        rejections: dict[int, str] = {}
+        passes = [0]  # passes finished so far, kept when the deadline cancels
+        if timeout is None or not (self.strategy.has_validators or verify_delay > 0):
+            return await self._select(
+                app_id, max_attempts, verify_delay, timeout, rejections, passes
+            )
+
+        # Validators and verification delays can wait for long; the deadline
+        # covers them too, so a stuck validator cannot outlast the timeout.
+        with anyio.move_on_after(timeout):
+            return await self._select(
+                app_id, max_attempts, verify_delay, timeout, rejections, passes
+            )
+        raise self._exhausted(rejections, passes[0], timeout, app_id)
+
+    async def _select(
+        self,
+        app_id: str | None,
+        max_attempts: int | None,
+        verify_delay: float,
+        timeout: float | None,
+        rejections: dict[int, str],
+        passes: list[int],
+    ) -> tuple[int, PortClaimer]:
         metrics = self._options.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
-        rejections: dict[int, str] = {}
         attempt = 0
         while True:
             claimer = await self._run_pass(app_id, verify_delay, deadline, rejections)
@@ -153,6 +176,7 @@ class RobustPortSelector:
                     metrics.record_claim_duration(time.perf_counter() - started)
                 return claimer.port, claimer
             attempt += 1
+            passes[0] = attempt
             if self._nothing_left(rejections):
                 break
             if max_attempts is not None and attempt >= max_attempts:
@@ -318,6 +342,17 @@ async def verified(claimer: PortClaimer, delay: float) -> bool:
 def check_limits(
     max_attempts: int | None, verify_delay: float, timeout: float | None
 ) -> None:
+    for name, value in (("verify_delay", verify_delay), ("timeout", timeout)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
+            msg = f"invalid {name} {value!r}: expected a number of seconds"
+            raise TypeError(msg)
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+    ):
+        msg = f"invalid max_attempts {max_attempts!r}: expected a whole number, or None for no limit"
+        raise TypeError(msg)
     if max_attempts is not None and max_attempts < 1:
         msg = f"invalid max_attempts {max_attempts!r}: expected 1 or more, or None for no limit"
         raise ValueError(msg)

@@ -6,6 +6,7 @@ import errno
 import functools
 import ipaddress
 import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from ._exceptions import PortClaimError
@@ -63,12 +64,14 @@ def bind_socket(
 
 
 def _address_error(host: str, port: int, error: OSError) -> PortClaimError:
-    if error.errno in _FAMILY_MISSING and family_of(host) == socket.AF_INET6:
+    ipv6 = family_of(host) == socket.AF_INET6
+    if error.errno in _FAMILY_MISSING and ipv6 and not ipv6_works():
         msg = f"IPv6 is unavailable on this host: binding [{host}]:{port} failed ({error.strerror}); claim on 127.0.0.1 instead"
     elif error.errno in _FAMILY_MISSING:
-        msg = f"address {host} is not available on this host ({error.strerror}); use an address of a local interface, such as 127.0.0.1"
+        shown = f"[{host}]" if ipv6 else host
+        msg = f"address {shown} is not available on this host ({error.strerror}); use an address of a local interface, such as 127.0.0.1"
     else:
-        msg = f"binding {host} port {port} failed: {error.strerror or error}"
+        msg = f"binding {host} port {port} failed: {error.strerror or error}; check that the address belongs to a local interface"
     return PortClaimError(msg)
 
 
@@ -78,7 +81,15 @@ def normalize_hosts(host: str | Sequence[str]) -> tuple[str, ...]:
     ``"localhost"`` becomes 127.0.0.1 and, where IPv6 works, ::1: clients
     that connect to "localhost" may reach either.
     """
-    items = (host,) if isinstance(host, str) else tuple(host)
+    # Callers may pass anything at run time, whatever the annotation says.
+    value: object = host
+    if isinstance(value, str):
+        items: tuple[str, ...] = (value,)
+    elif isinstance(value, bytes | bytearray) or not isinstance(value, Iterable):
+        msg = f"invalid host {value!r}: expected an IP address string such as '127.0.0.1', 'localhost', or a list of them"
+        raise TypeError(msg)
+    else:
+        items = tuple(value)
     try:
         return _normalize_host_tuple(items)
     except TypeError:
@@ -97,6 +108,10 @@ def _normalize_host_tuple(items: tuple[str, ...]) -> tuple[str, ...]:
         for address in _expand_host(item):
             if address not in hosts:
                 hosts.append(address)
+    ipv4 = [address for address in hosts if ":" not in address]
+    if "::" in hosts and ipv4:
+        msg = f"invalid hosts {list(items)!r}: '::' is bound dual-stack and already covers {', '.join(ipv4)}; claim '::' alone, or use '::1' beside IPv4 addresses"
+        raise ValueError(msg)
     return tuple(hosts)
 
 
@@ -117,12 +132,23 @@ def _expand_host(host: object) -> tuple[str, ...]:
 
 def normalize_kinds(kind: str | Sequence[str]) -> tuple[Kind, ...]:
     """Turn a kind argument ("tcp", "udp", or both) into a tuple without duplicates."""
-    items = [kind] if isinstance(kind, str) else list(kind)
+    value: object = kind
+    if isinstance(value, str):
+        items: list[str] = [value]
+    elif isinstance(value, bytes | bytearray) or not isinstance(value, Iterable):
+        msg = (
+            f"invalid kind {value!r}: expected 'tcp', 'udp' or both, as ('tcp', 'udp')"
+        )
+        raise TypeError(msg)
+    else:
+        items = list(value)
     kinds: list[Kind] = []
     for item in items:
-        if item == "tcp" or item == "udp":
-            if item not in kinds:
-                kinds.append("tcp" if item == "tcp" else "udp")
+        item_value: object = item
+        name = item_value.lower() if isinstance(item_value, str) else item_value
+        if name == "tcp" or name == "udp":
+            if name not in kinds:
+                kinds.append("tcp" if name == "tcp" else "udp")
         else:
             msg = f"invalid kind {item!r}: expected 'tcp', 'udp' or both, as ('tcp', 'udp')"
             raise ValueError(msg)

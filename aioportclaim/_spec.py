@@ -172,8 +172,13 @@ def translate_port_pattern(pattern: object) -> str:
         if match is None:
             message = _describe_glob_error(pattern, position)
             raise InvalidPortSpecError(message, pattern)
-        parts.append(_translate_glob_token(match.group()))
+        token = match.group()
         position = match.end()
+        if token == "*" and parts and parts[-1] == _ANY_DIGITS:
+            # "**" matches what "*" does; keeping both makes the regular
+            # expression backtrack exponentially in the number of stars.
+            continue
+        parts.append(_translate_glob_token(token))
 
     regex = "".join(parts)
     try:
@@ -193,9 +198,12 @@ def match_port_patterns(
     return frozenset(port for port in ports if regex.fullmatch(str(port)))
 
 
+_ANY_DIGITS = "[0-9]*"
+
+
 def _translate_glob_token(token: str) -> str:
     if token == "*":
-        return "[0-9]*"
+        return _ANY_DIGITS
     if token == "?":
         return "[0-9]"
     if token.startswith("[!"):

@@ -28,6 +28,7 @@ from aioportclaim import (
     PortSelectionStrategy,
     RedisRegistry,
     Registry,
+    RobustPortSelector,
     claim_port,
     open_claim,
     reserve_port,
@@ -214,15 +215,11 @@ class TestClaimCounters:
 
         async with anyio.create_task_group() as group:
             group.start_soon(replace_lock_file)
+            selector = RobustPortSelector([port], registry, metrics=recorder)
             with pytest.raises(PortExhaustedError):
-                async with open_claim(
-                    PortSelectionStrategy([port]),
-                    registry=registry,
-                    timeout=0,
-                    verify_delay=0.3,
-                    metrics=recorder,
-                ):
-                    pass
+                await selector.select_and_claim(
+                    max_attempts=1, timeout=5, verify_delay=0.3
+                )
 
     async def test_lock_wait_covers_busy_time(
         self, registry: FileLockRegistry, recorder: MemoryRecorder

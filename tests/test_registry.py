@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -115,18 +117,44 @@ class TestLockDirectory:
         assert result.stdout.startswith("ERROR"), result.stdout
         assert "No space left" in result.stdout
 
-    async def test_lock_file_symlink_rejected(self, lock_dir: Path) -> None:
+    @pytest.mark.parametrize("odd", ["symlink", "fifo", "directory"])
+    async def test_odd_lock_file_skips_port(
+        self, lock_dir: Path, odd: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
         registry = FileLockRegistry(lock_dir)
-        [port] = find_free_ports(1)
-        target = lock_dir / "elsewhere"
-        target.touch()
-        Path(registry.lock_path(ClaimKey(registry.scope(), "tcp", port))).symlink_to(
-            target
-        )
+        ports = find_free_ports(2)
+        path = Path(registry.lock_path(ClaimKey(registry.scope(), "tcp", ports[0])))
+        if odd == "symlink":
+            target = lock_dir / "elsewhere"
+            target.touch()
+            path.symlink_to(target)
+        elif odd == "fifo":
+            os.mkfifo(path)
+        else:
+            path.mkdir()
 
-        with pytest.raises(LockDirectoryError, match="symbolic link"):
-            async with claim_port(port, registry=registry, timeout=0.1):
+        async with claim_port(ports, registry=registry) as sock:
+            assert sock.getsockname()[1] == ports[1]
+        with pytest.raises(TimeoutError):
+            async with claim_port(ports[0], registry=registry, timeout=0.1):
                 pass
+
+        assert f"lock file {path} " in caplog.text
+        assert "counts as locked" in caplog.text
+
+    async def test_prune_removes_odd_entries(self, lock_dir: Path) -> None:
+        registry = FileLockRegistry(lock_dir)
+        ports = find_free_ports(2)
+        link = Path(registry.lock_path(ClaimKey(registry.scope(), "tcp", ports[0])))
+        fifo = Path(registry.lock_path(ClaimKey(registry.scope(), "udp", ports[1])))
+        link.symlink_to(lock_dir / "missing")
+        os.mkfifo(fifo)
+
+        removed = registry.prune()
+
+        assert sorted(removed) == sorted([str(link), str(fifo)])
+        assert not link.is_symlink()
+        assert not fifo.exists()
 
     async def test_default_directory_from_env(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -295,3 +323,60 @@ class TestMemoryRegistry:
         await lease.release()
 
         assert not await lease.is_held()
+
+
+CLAIM_AS_USER = """
+import anyio, sys
+from aioportclaim import FileLockRegistry, PortClaimError, claim_port
+async def main():
+    try:
+        async with claim_port(int(sys.argv[2]), registry=FileLockRegistry(sys.argv[1]), timeout=float(sys.argv[3])):
+            print("CLAIMED", flush=True)
+            sys.stdin.read()
+    except PortClaimError as error:
+        print("FAILED", error, flush=True)
+anyio.run(main)
+"""
+
+
+def start_as_user(
+    uid: int, lock_dir: Path, port: int, timeout: float
+) -> subprocess.Popen[str]:
+    """Start a child that claims `port` as user `uid` and holds it until stdin closes."""
+    command = [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        sys.executable, "-c", CLAIM_AS_USER, str(lock_dir), str(port), str(timeout),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+class TestSharedDirectory:
+    def test_two_users_share_sticky_directory(self) -> None:
+        require_root_tools("setpriv")
+        # pytest's own temporary directories are private to root, so the
+        # shared directory sits directly in the system temporary directory.
+        shared = Path(tempfile.mkdtemp(prefix="aioportclaim-shared-"))
+        shared.chmod(0o1777)
+        [port] = find_free_ports(1)
+        try:
+            first = start_as_user(12345, shared, port, 5)
+            assert first.stdout is not None
+            first_line = first.stdout.readline().strip()
+            blocked = start_as_user(65534, shared, port, 0.3)
+            blocked_out, blocked_err = blocked.communicate("", timeout=60)
+            first.communicate("", timeout=60)
+            after = start_as_user(65534, shared, port, 5)
+            after_out, after_err = after.communicate("", timeout=60)
+        finally:
+            shutil.rmtree(shared)
+
+        assert first_line == "CLAIMED"
+        assert blocked_out.startswith("FAILED"), blocked_err
+        assert "stayed busy" in blocked_out
+        assert after_out.strip() == "CLAIMED", after_err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -312,3 +313,68 @@ class TestEarlyExhaustion:
             await RobustPortSelector(strategy, registry).select_and_claim(timeout=30)
 
         assert caught.value.rejections["validator"] == 3
+
+
+class TestDeadlineCoversWaits:
+    async def test_stuck_validator_bounded_by_timeout(
+        self, registry: FileLockRegistry
+    ) -> None:
+        async def stuck(port: int) -> bool:
+            await anyio.sleep(60)
+            return True
+
+        strategy = PortSelectionStrategy(find_free_ports(2)).add_validator(stuck)
+        before = count_open_fds()
+        with anyio.fail_after(5), pytest.raises(PortExhaustedError):
+            async with claim_port(strategy, registry=registry, timeout=0.3):
+                pass
+
+        assert count_open_fds() == before
+
+    async def test_verify_delay_bounded_by_timeout(
+        self, registry: FileLockRegistry
+    ) -> None:
+        ports = find_free_ports(2)
+        before = count_open_fds()
+        with anyio.fail_after(5), pytest.raises(PortExhaustedError):
+            async with claim_port(
+                ports, registry=registry, timeout=0.3, verify_delay=30
+            ):
+                pass
+        with anyio.fail_after(5), pytest.raises(TimeoutError):
+            async with claim_port(
+                ports[0], registry=registry, timeout=0.3, verify_delay=30
+            ):
+                pass
+
+        assert count_open_fds() == before
+        assert not [info for info in registry.list_claims_now() if info.held]
+
+
+class TestArgumentTypes:
+    @pytest.mark.parametrize(
+        ("arguments", "message"),
+        [
+            ({"registry": "x"}, "invalid registry 'x'"),
+            ({"timeout": "5"}, "invalid timeout '5'"),
+            ({"host": None}, "invalid host None"),
+            ({"host": b"127.0.0.1"}, "invalid host b'127.0.0.1'"),
+            ({"kind": None}, "invalid kind None"),
+        ],
+    )
+    async def test_wrong_type_names_value(
+        self, arguments: dict[str, object], message: str
+    ) -> None:
+        with pytest.raises(TypeError, match=re.escape(message)):
+            async with claim_port(**arguments):  # type: ignore[arg-type]
+                pass
+
+    @pytest.mark.parametrize("hosts", [["0.0.0.0", "::"], ["127.0.0.1", "::"]])
+    async def test_dual_stack_beside_ipv4_rejected(self, hosts: list[str]) -> None:
+        with pytest.raises(ValueError, match="already covers"):
+            async with claim_port(host=hosts):
+                pass
+
+    async def test_kind_is_case_insensitive(self, registry: FileLockRegistry) -> None:
+        async with claim_port(kind="UDP", registry=registry) as sock:
+            assert sock.type == socket.SOCK_DGRAM

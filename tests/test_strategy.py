@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -662,3 +663,12 @@ class TestStrategyProperties:
 
         assert snapshot(base) == before
         assert base == build_recipe(first).strategy
+
+
+class TestPatternCost:
+    def test_many_stars_stay_fast(self) -> None:
+        started = time.perf_counter()
+        strategy = PortSelectionStrategy("1024-65535").exclude_pattern("*" * 40 + "7")
+
+        assert strategy.allowed_count == 64512 - len([p for p in range(1024, 65536) if str(p).endswith("7")])
+        assert time.perf_counter() - started < 5

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .._exceptions import PortClaimError
+from ._base import Registry
 from ._file import LOCK_DIR_ENV, FileLockRegistry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from ._base import Registry
 
 #: Environment variable that names the registry: a redis://, rediss:// or
 #: unix:// URL for Redis, or a file:// URL for a lock directory.
@@ -131,3 +131,16 @@ def _as_default(registry: Registry) -> Iterator[Registry]:
         yield registry
     finally:
         _opened.reset(token)
+
+
+def resolve_registry(registry: object) -> Registry:
+    """Return `registry`, or the default one when it is None; reject anything else.
+
+    .. versionadded:: 0.1
+    """
+    if registry is None:
+        return default_registry()
+    if not isinstance(registry, Registry):
+        msg = f"invalid registry {registry!r}: expected a Registry such as FileLockRegistry(path) or RedisRegistry(url), or None for the default"
+        raise TypeError(msg)
+    return registry

@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import os
-import re
 import stat
 import tempfile
 import threading
@@ -16,7 +15,13 @@ from typing import TYPE_CHECKING
 
 from .._exceptions import LockDirectoryError
 from .._system import is_windows, network_scope
-from ._base import MAX_RECORD_BYTES, ClaimInfo, ClaimKey, HolderRecord, Lease, Registry
+from ._base import ClaimInfo, ClaimKey, HolderRecord, Lease, Registry
+from ._file_listing import (
+    list_directory,
+    list_scope_dirs,
+    remove_if_unheld,
+    remove_odd_entries,
+)
 from ._locking import lock_nowait as lock_nowait
 from ._locking import unlock
 
@@ -28,7 +33,6 @@ logger = logging.getLogger(__name__)
 #: Environment variable that sets the lock directory when no path is given.
 LOCK_DIR_ENV = "AIOPORTCLAIM_LOCK_DIR"
 
-_LOCK_NAME = re.compile(r"^(tcp|udp)-([0-9]{1,5})\.lock$")
 _OPEN_FLAGS = (
     os.O_RDWR
     | os.O_CREAT
@@ -39,6 +43,8 @@ _OPEN_FLAGS = (
 # A cleaner can unlink and recreate a lock file between our open and our lock.
 # Each retry starts from a fresh open; past this many the key counts as busy.
 _INODE_RETRIES = 3
+# Mode of the per-namespace directory inside a shared lock directory.
+_SHARED_MODE = 0o1777
 # Holder records are padded to this many bytes; longer ones are written whole.
 _RECORD_SIZE = 256
 
@@ -156,6 +162,9 @@ class FileLockRegistry(Registry):
         self.metrics = metrics
         self._scope = network_scope()
         self._scope_dir: str | None = None
+        # In a sticky directory that several users share, lock files are
+        # made readable and writable by all, so each user can lock them.
+        self._shared = False
 
     def __repr__(self) -> str:
         return f"FileLockRegistry({str(self.path)!r})"
@@ -168,7 +177,8 @@ class FileLockRegistry(Registry):
         if self._scope_dir is None:
             shared = _prepare_directory(self.path, parent_mode=0o700)
             scope_dir = self.path / self._scope
-            _prepare_directory(scope_dir, parent_mode=0o1777 if shared else 0o700)
+            _prepare_directory(scope_dir, parent_mode=0o700, shared_parent=shared)
+            self._shared = shared
             self._scope_dir = str(scope_dir)
         return self._scope_dir
 
@@ -202,7 +212,7 @@ class FileLockRegistry(Registry):
 
     def _lock_file(self, key: ClaimKey, path: str) -> FileLease | None:
         try:
-            fd = os.open(path, _OPEN_FLAGS, 0o644)
+            fd = self._open_lock_file(path)
         except OSError as error:
             self._check_open_error(path, error)
             return None
@@ -211,6 +221,12 @@ class FileLockRegistry(Registry):
                 os.close(fd)
                 return None
             status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                os.close(fd)
+                _warn_odd_lock_file(path, "is not a regular file")
+                return None
+            if self._shared and status.st_uid == os.geteuid():
+                _share_lock_file(fd, status)
         except BaseException:
             os.close(fd)
             raise
@@ -218,12 +234,25 @@ class FileLockRegistry(Registry):
         lease.file_size = status.st_size
         return lease
 
+    def _open_lock_file(self, path: str) -> int:
+        # Open an existing file without O_CREAT first: with
+        # fs.protected_regular set, Linux refuses O_CREAT on another user's
+        # file in a sticky directory even when the file exists.
+        try:
+            return os.open(path, _OPEN_FLAGS & ~os.O_CREAT)
+        except FileNotFoundError:
+            return os.open(path, _OPEN_FLAGS, 0o666 if self._shared else 0o644)
+
     def _check_open_error(self, path: str, error: OSError) -> None:
+        # A symbolic link or a directory in place of a lock file, or another
+        # user's file, makes this one port unusable, not the whole directory.
         if error.errno == errno.ELOOP:
-            message = f"lock file {path} is a symbolic link; remove it, because lock files must be regular files"
-            raise LockDirectoryError(message, path) from error
-        if error.errno == errno.EACCES and os.path.exists(path):
-            # Another user's lock file in a shared directory: that user's claim.
+            _warn_odd_lock_file(path, "is a symbolic link")
+            return
+        if error.errno == errno.EISDIR:
+            _warn_odd_lock_file(path, "is a directory")
+            return
+        if error.errno == errno.EACCES and os.path.lexists(path):
             logger.debug(
                 "lock file %s belongs to another user; counting it as locked", path
             )
@@ -250,10 +279,10 @@ class FileLockRegistry(Registry):
 
     def list_claims_now(self, *, all_scopes: bool = False) -> list[ClaimInfo]:
         """List lock files of this namespace, or of every namespace in the directory."""
-        scope_dirs = _list_scope_dirs(self.path) if all_scopes else [self.scope_dir()]
+        scope_dirs = list_scope_dirs(self.path) if all_scopes else [self.scope_dir()]
         claims: list[ClaimInfo] = []
         for scope_dir in scope_dirs:
-            claims.extend(_list_directory(scope_dir))
+            claims.extend(list_directory(scope_dir))
         claims.sort(key=lambda info: (info.key.scope, info.key.port, info.key.kind))
         return claims
 
@@ -264,19 +293,25 @@ class FileLockRegistry(Registry):
         disturbed; a claimer that opened the file just before sees the inode
         change and retries.
         """
-        return [
+        removed = [
             info.location
             for info in self.list_claims_now()
-            if not info.held and _remove_if_unheld(info.location)
+            if not info.held and remove_if_unheld(info.location)
         ]
+        removed.extend(remove_odd_entries(self.scope_dir()))
+        return removed
 
 
-def _prepare_directory(path: Path, *, parent_mode: int) -> bool:
+def _prepare_directory(
+    path: Path, *, parent_mode: int, shared_parent: bool = False
+) -> bool:
     """Create `path` if missing and check that it is safe; return whether it is shared.
 
     A directory is safe when it is a real directory (not a symbolic link),
     owned by this user or by root, writable by us, and writable by others
     only with the sticky bit set. A sticky directory counts as shared.
+    Inside a shared parent, the directory is made sticky and writable by
+    all, and another user may own it, since the first user to claim creates it.
     """
     text = str(path)
     try:
@@ -287,14 +322,27 @@ def _prepare_directory(path: Path, *, parent_mode: int) -> bool:
         raise _directory_error(text, error) from error
     try:
         status = os.lstat(text)
+        if shared_parent and stat.S_ISDIR(status.st_mode):
+            status = _share_directory(text, status)
     except OSError as error:
         raise _directory_error(text, error) from error
 
-    _check_directory(text, status)
+    _check_directory(text, status, shared_parent=shared_parent)
     return bool(status.st_mode & stat.S_ISVTX)
 
 
-def _check_directory(path: str, status: os.stat_result) -> None:
+def _share_directory(path: str, status: os.stat_result) -> os.stat_result:
+    # The mode given to makedirs passes through the umask, so a directory
+    # this user created is set to sticky and world-writable explicitly.
+    if status.st_uid == os.geteuid() and stat.S_IMODE(status.st_mode) != _SHARED_MODE:
+        os.chmod(path, _SHARED_MODE)
+        return os.lstat(path)
+    return status
+
+
+def _check_directory(
+    path: str, status: os.stat_result, *, shared_parent: bool = False
+) -> None:
     if stat.S_ISLNK(status.st_mode):
         message = f"lock directory {path} is a symbolic link; set {LOCK_DIR_ENV} to the real directory it points to"
         raise LockDirectoryError(message, path)
@@ -305,7 +353,8 @@ def _check_directory(path: str, status: os.stat_result) -> None:
         return
 
     euid = os.geteuid()
-    if status.st_uid not in (euid, 0):
+    sticky = bool(status.st_mode & stat.S_ISVTX)
+    if status.st_uid not in (euid, 0) and not (shared_parent and sticky):
         message = f"lock directory {path} is owned by uid {status.st_uid}, not by this user (uid {euid}); set {LOCK_DIR_ENV} to a directory you own"
         raise LockDirectoryError(message, path)
     others_write = status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
@@ -326,68 +375,6 @@ def _directory_error(path: str, error: OSError) -> LockDirectoryError:
         fix = "check the directory or set " + LOCK_DIR_ENV + " to another one"
     message = f"cannot use lock directory {path}: {error.strerror or error}; {fix}"
     return LockDirectoryError(message, path)
-
-
-def _list_scope_dirs(base: Path) -> list[str]:
-    try:
-        entries = os.scandir(base)
-    except FileNotFoundError:
-        return []
-    with entries:
-        return [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
-
-
-def _list_directory(scope_dir: str) -> list[ClaimInfo]:
-    scope = os.path.basename(scope_dir)
-    claims = []
-    with os.scandir(scope_dir) as entries:
-        for entry in entries:
-            match = _LOCK_NAME.match(entry.name)
-            if match is None or not entry.is_file(follow_symlinks=False):
-                continue
-            key = ClaimKey(scope, match.group(1), int(match.group(2)))  # type: ignore[arg-type]
-            held, record = _inspect_lock_file(entry.path)
-            claims.append(ClaimInfo(key, held, record, entry.path))
-    return claims
-
-
-def _inspect_lock_file(path: str) -> tuple[bool, HolderRecord | None]:
-    # Testing the lock takes it for a moment: a claimer racing for this port
-    # then sees it busy and moves on to its next candidate.
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
-    except OSError:
-        return False, None
-    try:
-        data = os.pread(fd, MAX_RECORD_BYTES + 1, 0)
-        if lock_nowait(fd):
-            unlock(fd)
-            held = False
-        else:
-            held = True
-    finally:
-        os.close(fd)
-    return held, HolderRecord.from_bytes(data)
-
-
-def _remove_if_unheld(path: str) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if not lock_nowait(fd):
-            return False
-        opened = os.fstat(fd)
-        current = os.stat(path, follow_symlinks=False)
-        if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
-            return False
-        os.unlink(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _forget_leases_in_child() -> None:
@@ -422,3 +409,25 @@ def _encode_record(holder: HolderRecord) -> bytes:
 @functools.lru_cache(maxsize=8)
 def _fixed_record_fields(pid: int, host: str, container: str | None) -> str:
     return f'"host":{json.dumps(host)},"container":{json.dumps(container)}'
+
+
+def _share_lock_file(fd: int, status: os.stat_result) -> None:
+    # Created through the umask; other users of the shared directory need
+    # to open it for writing to lock it and record themselves.
+    if stat.S_IMODE(status.st_mode) != 0o666:
+        os.fchmod(fd, 0o666)
+
+
+# Paths already reported as unusable, so each is logged once per process.
+_reported_odd_files: set[str] = set()
+
+
+def _warn_odd_lock_file(path: str, problem: str) -> None:
+    if path in _reported_odd_files:
+        return
+    _reported_odd_files.add(path)
+    logger.warning(
+        "lock file %s %s, so its port counts as locked; remove it, or run 'aioportclaim gc'",
+        path,
+        problem,
+    )
