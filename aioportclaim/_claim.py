@@ -22,7 +22,7 @@ from ._selector import (
 )
 from ._sockets import normalize_hosts, normalize_kinds
 from ._spec import parse_port_spec
-from ._strategy import PortSelectionStrategy
+from ._strategy import PortSelectionStrategy, check_app_id
 from .registries._defaults import resolve_registry
 
 _Entered = TypeVar("_Entered")
@@ -267,6 +267,7 @@ async def _claim(
             msg = f"port spec {strategy!r} means 'no port'; pass a port, a range or None for any port"
             raise ValueError(msg)
         if spec.kind == "exact" and spec.port is not None:
+            check_app_id(app_id)
             registry = resolve_registry(registry)
             options = ClaimOptions(
                 hosts=normalize_hosts(host),

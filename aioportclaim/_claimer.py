@@ -20,6 +20,7 @@ from ._sockets import (
     normalize_hosts,
     normalize_kinds,
 )
+from ._strategy import check_app_id
 from ._verify import counterpart_host, is_port_taken, is_socket_bound
 from .registries import ClaimKey, HolderRecord, Lease, Registry
 from .registries._defaults import resolve_registry
@@ -69,6 +70,7 @@ class PortClaimer:
         self.hosts = normalize_hosts(host)
         self.kinds = normalize_kinds(kind)
         self.registry = resolve_registry(registry)
+        check_app_id(app_id)
         self.app_id = app_id
         self.listen = listen
         self.backlog = backlog
@@ -80,6 +82,7 @@ class PortClaimer:
         self._leases: list[Lease] = []
         self._sockets: list[socket.socket] = []
         self._claimed = False
+        self._was_claimed = False
 
     @classmethod
     def _prepared(
@@ -110,6 +113,7 @@ class PortClaimer:
         claimer._leases = []
         claimer._sockets = []
         claimer._claimed = False
+        claimer._was_claimed = False
         return claimer
 
     def __repr__(self) -> str:
@@ -185,6 +189,7 @@ class PortClaimer:
             return False
 
         self._claimed = True
+        self._was_claimed = True
         if metrics is not None:
             metrics.record_success()
         if logger.isEnabledFor(logging.INFO):
@@ -257,6 +262,9 @@ class PortClaimer:
 
         The wait is a cancellable sleep; a delay lets late races show up.
         """
+        if not self._claimed and not self._was_claimed:
+            msg = f"{self.describe()} was never claimed; await try_claim() before verify_claim()"
+            raise RuntimeError(msg)
         if delay > 0:
             await anyio.sleep(delay)
         reason = await self._find_loss()

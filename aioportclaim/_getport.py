@@ -41,9 +41,11 @@ async def get_port(
         return None
 
     strategy = PortSelectionStrategy(spec.ports if spec.kind == "set" else None)
-    excluded = list(exclude_ports or ())
+    # A lone port or "low-high" string is one exclusion, not a list of characters.
+    single = isinstance(exclude_ports, str | int)
+    excluded = [exclude_ports] if single else list(exclude_ports or ())
     if excluded:
-        strategy = strategy.exclude_ports(*excluded)  # type: ignore[arg-type]
+        strategy = strategy.exclude_ports(*excluded)
     selector = RobustPortSelector(strategy)
     port, claimer = await selector.select_and_claim(max_attempts=1, timeout=None)
     await claimer.release()

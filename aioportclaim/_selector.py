@@ -18,7 +18,7 @@ from ._exceptions import ClaimLostError, PortExhaustedError
 from ._metrics_base import resolve_recorder
 from ._metrics_logging import RepeatLimiter, log_fields
 from ._sockets import Kind, check_port, normalize_hosts, normalize_kinds
-from ._strategy import PortSelectionStrategy
+from ._strategy import PortSelectionStrategy, check_app_id
 from .registries._defaults import resolve_registry
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ class RobustPortSelector:
         moves on to the next candidate. The caller releases the claimer.
         """
         check_limits(max_attempts, verify_delay, timeout)
+        check_app_id(app_id)
         rejections: dict[int, str] = {}
         passes = [0]  # passes finished so far, kept when the deadline cancels
         if timeout is None or not (self.strategy.has_validators or verify_delay > 0):
@@ -278,19 +279,31 @@ class RobustPortSelector:
         app_id: str | None,
     ) -> PortExhaustedError:
         counts = Counter(rejections.values())
-        counts["excluded"] = self.strategy.excluded_count
+        # Blocks that reach an excluded port add to the strategy's own exclusions.
+        counts["excluded"] += self.strategy.excluded_count
         options = self._options
         if options.metrics is not None:
             options.metrics.record_failure("exhausted")
         where = f"{'+'.join(options.kinds)} on {', '.join(options.hosts)}"
-        limit = (
-            f"within {timeout} s" if timeout is not None else "in the allowed passes"
-        )
+        if options.count > 1:
+            where = f"a block of {options.count} ports, {where}"
         strategy_text = repr(self.strategy)
-        msg = (
-            f"no port could be claimed for {where} from {strategy_text} "
-            f"{limit} ({attempts} passes); widen the strategy, release claims or raise the timeout"
-        )
+        passes = "1 pass" if attempts == 1 else f"{attempts} passes"
+        if self._nothing_left(rejections):
+            msg = (
+                f"no port could be claimed for {where} from {strategy_text}: every "
+                "allowed port is excluded or rejected by a validator; widen the strategy"
+            )
+        else:
+            limit = (
+                f"within {timeout} s"
+                if timeout is not None
+                else "in the allowed passes"
+            )
+            msg = (
+                f"no port could be claimed for {where} from {strategy_text} {limit} "
+                f"({passes}); widen the strategy, release claims or raise the timeout"
+            )
         repeat_log.log(
             logging.INFO,
             "%s",

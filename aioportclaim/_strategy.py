@@ -413,9 +413,21 @@ def _check_callable(validator: object) -> None:
 
 
 def _check_app_id(app_id: object) -> None:
+    check_app_id(app_id)
+
+
+#: Longest application id, in characters; it keeps holder records small.
+MAX_APP_ID_LENGTH = 256
+
+
+def check_app_id(app_id: object) -> None:
+    """Raise unless `app_id` is None or a str of at most `MAX_APP_ID_LENGTH` characters."""
     if app_id is not None and not isinstance(app_id, str):
         message = f"app_id must be a str or None, not {describe_value(app_id)}"
         raise TypeError(message)
+    if app_id is not None and len(app_id) > MAX_APP_ID_LENGTH:
+        message = f"app_id of {len(app_id)} characters is too long: use at most {MAX_APP_ID_LENGTH}, such as a service name"
+        raise ValueError(message)
 
 
 def _check_weight(weight: object) -> float:

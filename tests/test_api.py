@@ -209,3 +209,20 @@ class TestWithoutCoredis:
 
         assert result.returncode == 1
         assert "coredis is hidden for this test" in result.stderr
+
+
+class TestGetPortExclusions:
+    @pytest.mark.parametrize("form", ["string", "int"])
+    async def test_single_exclusion_not_split(self, form: str) -> None:
+        ports = find_free_ports(2)
+        excluded: object = str(ports[0]) if form == "string" else ports[0]
+
+        assert await get_port(ports, exclude_ports=excluded) == ports[1]  # type: ignore[arg-type]
+
+
+class TestAppId:
+    @pytest.mark.parametrize("spec", [None, 8080])
+    async def test_overlong_app_id_rejected(self, spec: object) -> None:
+        with pytest.raises(ValueError, match="app_id of 300 characters is too long"):
+            async with claim_port(spec, app_id="x" * 300):
+                pass

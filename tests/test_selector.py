@@ -110,7 +110,7 @@ class TestSelectAndClaim:
         ports = find_free_ports(1)
         async with claim_port(ports, registry=registry):
             start = anyio.current_time()
-            with pytest.raises(PortExhaustedError, match="1 passes"):
+            with pytest.raises(PortExhaustedError, match="1 pass"):
                 await RobustPortSelector(ports, registry).select_and_claim(
                     max_attempts=1, timeout=None
                 )
@@ -378,3 +378,24 @@ class TestArgumentTypes:
     async def test_kind_is_case_insensitive(self, registry: FileLockRegistry) -> None:
         async with claim_port(kind="UDP", registry=registry) as sock:
             assert sock.type == socket.SOCK_DGRAM
+
+
+class TestImpossibleBlocks:
+    async def test_gapped_ports_fail_fast_with_reason(
+        self, registry: FileLockRegistry
+    ) -> None:
+        ports = find_free_ports(9)[::2]
+
+        with anyio.fail_after(5), pytest.raises(PortExhaustedError) as caught:
+            async with open_claim(ports, count=2, registry=registry, timeout=30):
+                pass
+
+        assert caught.value.rejections["excluded"] == 5
+        assert "every allowed port is excluded" in str(caught.value)
+        assert "a block of 2 ports" in str(caught.value)
+
+    async def test_verify_unclaimed_raises(self, registry: FileLockRegistry) -> None:
+        claimer = PortClaimer(find_free_ports(1)[0], registry=registry)
+
+        with pytest.raises(RuntimeError, match="never claimed"):
+            await claimer.verify_claim()

@@ -670,5 +670,7 @@ class TestPatternCost:
         started = time.perf_counter()
         strategy = PortSelectionStrategy("1024-65535").exclude_pattern("*" * 40 + "7")
 
-        assert strategy.allowed_count == 64512 - len([p for p in range(1024, 65536) if str(p).endswith("7")])
+        assert strategy.allowed_count == 64512 - len(
+            [p for p in range(1024, 65536) if str(p).endswith("7")]
+        )
         assert time.perf_counter() - started < 5
