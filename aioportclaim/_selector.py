@@ -281,12 +281,14 @@ class RobustPortSelector:
         counts = Counter(rejections.values())
         # Blocks that reach an excluded port add to the strategy's own exclusions.
         counts["excluded"] += self.strategy.excluded_count
+
         options = self._options
         if options.metrics is not None:
             options.metrics.record_failure("exhausted")
         where = f"{'+'.join(options.kinds)} on {', '.join(options.hosts)}"
         if options.count > 1:
             where = f"a block of {options.count} ports, {where}"
+
         strategy_text = repr(self.strategy)
         passes = "1 pass" if attempts == 1 else f"{attempts} passes"
         if self._nothing_left(rejections):
@@ -304,6 +306,7 @@ class RobustPortSelector:
                 f"no port could be claimed for {where} from {strategy_text} {limit} "
                 f"({passes}); widen the strategy, release claims or raise the timeout"
             )
+
         repeat_log.log(
             logging.INFO,
             "%s",

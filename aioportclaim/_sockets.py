@@ -49,7 +49,7 @@ def bind_socket(
         elif kind == "tcp" and listen:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if host == "::":
-            # Dual-stack, whatever net.ipv6.bindv6only says, so the claim
+            # Dual-stack, whatever net.ipv6.bindv6only is set to, so the claim
             # covers IPv4 as well and needs no probe of 0.0.0.0.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
@@ -68,8 +68,8 @@ def _address_error(host: str, port: int, error: OSError) -> PortClaimError:
     if error.errno in _FAMILY_MISSING and ipv6 and not ipv6_works():
         msg = f"IPv6 is unavailable on this host: binding [{host}]:{port} failed ({error.strerror}); claim on 127.0.0.1 instead"
     elif error.errno in _FAMILY_MISSING:
-        shown = f"[{host}]" if ipv6 else host
-        msg = f"address {shown} is not available on this host ({error.strerror}); use an address of a local interface, such as 127.0.0.1"
+        bracketed = f"[{host}]" if ipv6 else host
+        msg = f"address {bracketed} is not available on this host ({error.strerror}); use an address of a local interface, such as 127.0.0.1"
     else:
         msg = f"binding {host} port {port} failed: {error.strerror or error}; check that the address belongs to a local interface"
     return PortClaimError(msg)
@@ -81,7 +81,7 @@ def normalize_hosts(host: str | Sequence[str]) -> tuple[str, ...]:
     ``"localhost"`` becomes 127.0.0.1 and, where IPv6 works, ::1: clients
     that connect to "localhost" may reach either.
     """
-    # Callers may pass anything at run time, whatever the annotation says.
+    # Callers may pass anything at run time, whatever the annotation declares.
     value: object = host
     if isinstance(value, str):
         items: tuple[str, ...] = (value,)

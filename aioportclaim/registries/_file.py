@@ -113,7 +113,7 @@ class FileLease(Lease):
         """Unlock and close; later calls do nothing.
 
         The holder record stays in the file, so a listing can show the last
-        holder; the lock test tells whether it still holds.
+        holder. Testing the lock shows whether that holder still has it.
         """
         fd, self._fd = self._fd, -1
         if fd < 0:
@@ -396,7 +396,7 @@ def _encode_record(holder: HolderRecord) -> bytes:
     """Serialize `holder` as `HolderRecord.to_bytes` does, reusing the fixed fields.
 
     Most fields are the same for every claim of a process, so their JSON is
-    built once; this keeps the record off the claim path's profile.
+    built once per process. That keeps the record cheap on the claim path.
     """
     fixed = _fixed_record_fields(holder.pid, holder.host, holder.container)
     app_id = "null" if holder.app_id is None else json.dumps(holder.app_id)
