@@ -79,8 +79,14 @@ class PortReservation:
         self._claimer = claimer
 
     def __repr__(self) -> str:
-        state = "socket open" if self._claimer.sockets else "socket released"
-        return f"<PortReservation {self._claimer.describe()} {state}>"
+        claimer = self._claimer
+        if not claimer.claimed:
+            state = "ended"
+        elif claimer.sockets:
+            state = "socket open"
+        else:
+            state = "socket released"
+        return f"<PortReservation {claimer.describe()} {state}>"
 
     @property
     def port(self) -> int:
@@ -137,8 +143,16 @@ class PortReservation:
             HandoffError: `process` exited before it listened.
             ListenTimeoutError: `process` did not listen within `timeout`
                 seconds.
-            RuntimeError: The reservation's socket is still open.
+            RuntimeError: The reservation's socket is still open, or the
+                reservation has ended.
+            ValueError: `process` is a pid of 0 or less.
         """
+        if isinstance(process, int) and (isinstance(process, bool) or process <= 0):
+            msg = f"invalid pid {process!r}: expected the positive process id of the process that binds the port"
+            raise ValueError(msg)
+        if not self._claimer.claimed:
+            msg = f"reservation of {self.describe()} has ended; reserve the port again before waiting for a listener"
+            raise RuntimeError(msg)
         if self._claimer.sockets:
             msg = f"{self.describe()} still has its socket open; call release_socket() before starting the process that binds the port"
             raise RuntimeError(msg)
@@ -191,17 +205,28 @@ class PortReservation:
         error from `wait_listening` is raised. Otherwise the caller owns the
         returned process and must wait for it or stop it before the
         reservation ends.
+
+        Raises:
+            FileNotFoundError: `command` was not found; the message names
+                it. The reservation keeps its lock, so another command can
+                be started on the port.
         """
         self.release_socket()
-        process = await anyio.open_process(
-            list(command),
-            env=env,
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=start_new_session,
-        )
+        try:
+            process = await anyio.open_process(
+                list(command),
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=start_new_session,
+            )
+        except FileNotFoundError as error:
+            if _is_path(error.filename, cwd):
+                raise  # the error already names the missing working directory
+            msg = f"command not found: {command[0]!r}; check the name and PATH"
+            raise FileNotFoundError(error.errno, msg) from error
         try:
             await self.wait_listening(process, timeout)
         except BaseException:
@@ -370,6 +395,12 @@ def send_signal(process: Process, signum: int, *, group: bool = False) -> None:
             process.send_signal(signal.Signals(signum))
     except ProcessLookupError:
         pass
+
+
+def _is_path(filename: object, path: str | os.PathLike[str] | None) -> bool:
+    if path is None or not isinstance(filename, str | os.PathLike):
+        return False
+    return bool(os.fspath(filename) == os.fspath(path))
 
 
 async def _collect_status(process: int | Process) -> int | None:

@@ -31,6 +31,7 @@ from .conftest import HELPERS, count_open_fds, require_ipv6, require_root_tools
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
     from anyio.abc import Process
 
@@ -149,6 +150,16 @@ class TestReservePort:
             assert "socket released" in repr(reservation)
             assert reservation.host == "127.0.0.1"
             assert reservation.kinds == ("tcp",)
+
+    async def test_reservation_repr_after_block(
+        self, registry: FileLockRegistry
+    ) -> None:
+        async with reserve_port(registry=registry) as reservation:
+            pass
+
+        assert repr(reservation) == (
+            f"<PortReservation tcp 127.0.0.1 port {reservation.port} ended>"
+        )
 
 
 class TestWaitListening:
@@ -277,6 +288,24 @@ class TestWaitListening:
         assert "exited with status 3 before it listened" in str(caught.value)
         assert not isinstance(caught.value, TimeoutError)
 
+    @pytest.mark.parametrize("pid", [-5, 0, True])
+    async def test_wait_listening_rejects_invalid_pid(
+        self, registry: FileLockRegistry, pid: int
+    ) -> None:
+        async with reserve_port(registry=registry) as reservation:
+            reservation.release_socket()
+            with pytest.raises(ValueError, match=f"invalid pid {pid!r}: expected"):
+                await reservation.wait_listening(pid, timeout=5)
+
+    async def test_wait_listening_after_reservation_ended(
+        self, registry: FileLockRegistry
+    ) -> None:
+        async with reserve_port(registry=registry) as reservation:
+            reservation.release_socket()
+
+        with pytest.raises(RuntimeError, match="has ended; reserve the port again"):
+            await reservation.wait_listening(os.getpid(), timeout=5)
+
     async def test_wait_listening_requires_released_socket(
         self, registry: FileLockRegistry
     ) -> None:
@@ -356,11 +385,65 @@ class TestStartProcess:
 
                 assert child_count() == 1  # only the intruder
 
+    async def test_start_process_names_missing_command(
+        self, registry: FileLockRegistry
+    ) -> None:
+        async with reserve_port(registry=registry) as reservation:
+            pass  # the first reservation opens the registry's lasting descriptors
+        fds_before = count_open_fds()
+
+        async with reserve_port(registry=registry) as reservation:
+            with pytest.raises(FileNotFoundError) as caught:
+                await reservation.start_process(["aioportclaim-no-such-command"])
+            lease_held = await reservation.claimer.leases[0].is_held()
+            other_claim = await expect_locked(reservation.port, registry)
+
+            process = await reservation.start_process(
+                http_server_command(reservation.port),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await stop_process(process)
+        released = await claim_succeeds(reservation.port, registry)
+
+        assert str(caught.value) == (
+            "[Errno 2] command not found: 'aioportclaim-no-such-command'; "
+            "check the name and PATH"
+        )
+        assert caught.value.errno == errno.ENOENT
+        assert lease_held
+        assert other_claim.rejections["locked"] == 1
+        assert released
+        assert count_open_fds() == fds_before
+
+    async def test_start_process_reports_missing_cwd(
+        self, registry: FileLockRegistry, tmp_path: Path
+    ) -> None:
+        missing = tmp_path / "missing"
+        async with reserve_port(registry=registry) as reservation:
+            with pytest.raises(FileNotFoundError) as caught:
+                await reservation.start_process(["true"], cwd=missing)
+
+        assert os.fspath(caught.value.filename) == str(missing)
+        assert "command not found" not in str(caught.value)
+
     async def test_start_process_reservation_type(
         self, registry: FileLockRegistry
     ) -> None:
         async with reserve_port(registry=registry) as reservation:
             assert isinstance(reservation, PortReservation)
+
+
+async def expect_locked(port: int, registry: FileLockRegistry) -> ClaimTimeoutError:
+    with pytest.raises(ClaimTimeoutError) as caught:
+        async with claim_port(port, registry=registry, timeout=0.2):
+            pass
+    return caught.value
+
+
+async def claim_succeeds(port: int, registry: FileLockRegistry) -> bool:
+    async with claim_port(port, registry=registry, timeout=1) as sock:
+        return bool(sock.getsockname()[1] == port)
 
 
 def http_server_command(port: int) -> list[str]:
