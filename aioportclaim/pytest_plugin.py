@@ -20,7 +20,10 @@ the open file, not to a thread, so that thread holds nothing itself.
 Options: ``--aioportclaim-lock-dir`` (ini ``aioportclaim_lock_dir``) sets the
 lock directory for the fixtures and, through ``AIOPORTCLAIM_LOCK_DIR``, for
 every claim the tests and their child processes make. ``--aioportclaim-ports``
-(ini ``aioportclaim_ports``) limits the ports the fixtures pick from.
+(ini ``aioportclaim_ports``) limits the ports the fixtures pick from. A
+fixture that finds every one of those ports held by this session's own
+fixtures fails at once instead of waiting, because the ports are released
+only when the test ends.
 
 ``--aioportclaim-registry`` (ini ``aioportclaim_registry``, else the
 ``AIOPORTCLAIM_REGISTRY`` variable) names the registry that the fixtures
@@ -41,7 +44,9 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._claim import open_claim
+from ._exceptions import InvalidPortSpecError, PortExhaustedError
 from ._handoff import PortReservation, reserve_port
+from ._spec import describe_value, format_ports
 from ._strategy import PortSelectionStrategy
 from .registries import LOCK_DIR_ENV, REGISTRY_ENV, open_registry
 from .registries._defaults import file_registry_from_url, is_redis_url
@@ -56,6 +61,10 @@ if TYPE_CHECKING:
 CLAIM_TIMEOUT = 30.0
 
 _STRATEGY_KEY = pytest.StashKey[PortSelectionStrategy]()
+# The origin of the fixtures' ports, as error messages name it.
+_PORTS_SOURCE_KEY = pytest.StashKey[str]()
+# The ports that the session's fixtures hold now.
+_HELD_PORTS_KEY = pytest.StashKey["HeldPorts"]()
 # The value AIOPORTCLAIM_LOCK_DIR had before the lock directory option set it.
 _PREVIOUS_LOCK_DIR_KEY = pytest.StashKey[str | None]()
 # The URL of the registry that the fixtures claim through, if one is set.
@@ -97,14 +106,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    spec = config.getoption("aioportclaim_ports", None) or config.getini(
-        "aioportclaim_ports"
-    )
+    option = config.getoption("aioportclaim_ports", None)
+    spec = option or config.getini("aioportclaim_ports")
     try:
         config.stash[_STRATEGY_KEY] = PortSelectionStrategy(spec)
     except ValueError as error:
         msg = f"--aioportclaim-ports: {error}"
         raise pytest.UsageError(msg) from None
+    if option:
+        source = f"--aioportclaim-ports={option}"
+    elif spec:
+        source = f"ini option aioportclaim_ports = {spec}"
+    else:
+        source = "the default ports"
+    config.stash[_PORTS_SOURCE_KEY] = source
+    config.stash[_HELD_PORTS_KEY] = HeldPorts()
 
     lock_dir = _lock_dir_setting(config)
     if lock_dir is not None:
@@ -173,6 +189,60 @@ def _check_registry_url(url: str, source: str) -> None:
         raise ValueError(msg) from None
 
 
+class HeldPorts:
+    """The ports that one session's fixtures hold now, by protocol.
+
+    A fixture that would wait for a port that only this session holds
+    would wait until its timeout, because the port is released only when
+    the test ends. `check_available` turns that wait into an error.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self) -> None:
+        self._ports: dict[str, set[int]] = {}
+
+    def add(self, kind: str, port: int) -> None:
+        """Record that a fixture has claimed `port` for `kind`."""
+        self._ports.setdefault(kind, set()).add(port)
+
+    def discard(self, kind: str, port: int) -> None:
+        """Record that a fixture released `port` for `kind`."""
+        self._ports.get(kind, set()).discard(port)
+
+    def check_available(self, spec: object, kind: str, source: str) -> None:
+        """Raise `PortExhaustedError` if this session's fixtures claimed every port of `spec`.
+
+        Only claims of protocol `kind` count. `source` names where the spec
+        comes from, such as ``--aioportclaim-ports=8080``. An invalid spec is
+        left for the claim to report.
+        """
+        __tracebackhide__ = True  # pytest shows the fixture's line, not this one
+        try:
+            strategy = _as_strategy(spec)
+        except InvalidPortSpecError:
+            return
+        claimed = sorted(
+            port for port in self._ports.get(kind, ()) if strategy.is_allowed(port)
+        )
+        if not claimed or len(claimed) < strategy.allowed_count:
+            return
+        msg = (
+            f"all ports of {source} are held by this session's own fixtures "
+            f"({kind} {format_ports(claimed)}) until the test ends, so the claim "
+            "cannot succeed; widen --aioportclaim-ports (ini aioportclaim_ports) "
+            "or the spec passed to the factory, or request fewer claimed ports "
+            "in one test"
+        )
+        raise PortExhaustedError(msg)
+
+
+def _as_strategy(spec: object) -> PortSelectionStrategy:
+    if isinstance(spec, PortSelectionStrategy):
+        return spec
+    return PortSelectionStrategy(spec)
+
+
 class ClaimedPortFactory:
     """Reserve TCP ports on demand; every one is released when the test ends.
 
@@ -189,12 +259,16 @@ class ClaimedPortFactory:
         stack: ExitStack,
         kind: str = "tcp",
         registry: Registry | None = None,
+        held_ports: HeldPorts | None = None,
+        source: str = "the session's ports",
     ) -> None:
         self._portal = portal
         self._strategy = strategy
         self._stack = stack
         self._kind = kind
         self._registry = registry
+        self._held_ports = held_ports
+        self._source = source
         self._ports: list[int] = []
 
     def __call__(self, ports: object = None, *, host: str = "127.0.0.1") -> int:
@@ -202,8 +276,21 @@ class ClaimedPortFactory:
 
         `ports` is a spec that `claim_port` accepts; None picks from the
         session's ports (``--aioportclaim-ports``).
+
+        Raises:
+            PortExhaustedError: This session's fixtures already hold every
+                allowed port, or no port was free within the fixtures'
+                timeout.
         """
-        strategy = self._strategy if ports is None else ports
+        __tracebackhide__ = True  # pytest shows the caller's line, not this one
+        strategy: object
+        if ports is None:
+            strategy, source = self._strategy, self._source
+        else:
+            strategy = ports
+            source = (
+                f"the spec {describe_value(ports)} passed to claimed_tcp_port_factory"
+            )
         reservation = reserve_in_portal(
             self._portal,
             self._stack,
@@ -211,6 +298,8 @@ class ClaimedPortFactory:
             kind=self._kind,
             host=host,
             registry=self._registry,
+            held_ports=self._held_ports,
+            source=source,
         )
         self._ports.append(reservation.port)
         return reservation.port
@@ -229,18 +318,28 @@ def reserve_in_portal(
     kind: str,
     host: str = "127.0.0.1",
     registry: Registry | None = None,
+    held_ports: HeldPorts | None = None,
+    source: str = "the requested ports",
 ) -> PortReservation:
     """Reserve a port on the portal's event loop and close its socket at once.
 
     The reservation ends when `stack` closes. `registry` must be opened on
     the same portal, as ``aioportclaim_registry`` is; None means the
-    default registry.
+    default registry. With `held_ports`, the port is recorded there until
+    the reservation ends, and a spec whose ports are all recorded there
+    raises `PortExhaustedError` at once, naming `source`.
     """
+    __tracebackhide__ = True  # pytest shows the fixture's line, not this one
+    if held_ports is not None:
+        held_ports.check_available(strategy, kind, source)
     manager = reserve_port(
         strategy, kind=kind, host=host, registry=registry, timeout=CLAIM_TIMEOUT
     )
     reservation = stack.enter_context(portal.wrap_async_context_manager(manager))
     reservation.release_socket()
+    if held_ports is not None:
+        held_ports.add(kind, reservation.port)
+        stack.callback(held_ports.discard, kind, reservation.port)
     return reservation
 
 
@@ -284,6 +383,8 @@ def claimed_tcp_port_factory(
             request.config.stash[_STRATEGY_KEY],
             stack,
             registry=aioportclaim_registry,
+            held_ports=request.config.stash[_HELD_PORTS_KEY],
+            source=request.config.stash[_PORTS_SOURCE_KEY],
         )
 
 
@@ -295,15 +396,9 @@ def claimed_tcp_port(
 ) -> Iterator[int]:
     """Return a TCP port on 127.0.0.1 whose lock is held until the test ends."""
     with ExitStack() as stack:
-        strategy = request.config.stash[_STRATEGY_KEY]
-        reservation = reserve_in_portal(
-            aioportclaim_portal,
-            stack,
-            strategy,
-            kind="tcp",
-            registry=aioportclaim_registry,
+        yield _reserve_session_port(
+            request, aioportclaim_portal, stack, "tcp", aioportclaim_registry
         )
-        yield reservation.port
 
 
 @pytest.fixture
@@ -314,15 +409,28 @@ def claimed_udp_port(
 ) -> Iterator[int]:
     """Return a UDP port on 127.0.0.1 whose lock is held until the test ends."""
     with ExitStack() as stack:
-        strategy = request.config.stash[_STRATEGY_KEY]
-        reservation = reserve_in_portal(
-            aioportclaim_portal,
-            stack,
-            strategy,
-            kind="udp",
-            registry=aioportclaim_registry,
+        yield _reserve_session_port(
+            request, aioportclaim_portal, stack, "udp", aioportclaim_registry
         )
-        yield reservation.port
+
+
+def _reserve_session_port(
+    request: pytest.FixtureRequest,
+    portal: BlockingPortal,
+    stack: ExitStack,
+    kind: str,
+    registry: Registry | None,
+) -> int:
+    reservation = reserve_in_portal(
+        portal,
+        stack,
+        request.config.stash[_STRATEGY_KEY],
+        kind=kind,
+        registry=registry,
+        held_ports=request.config.stash[_HELD_PORTS_KEY],
+        source=request.config.stash[_PORTS_SOURCE_KEY],
+    )
+    return reservation.port
 
 
 @pytest.fixture
@@ -333,8 +441,15 @@ def claimed_tcp_socket(
 ) -> Iterator[socket.socket]:
     """Return a listening TCP socket on 127.0.0.1, closed and released at test end."""
     strategy = request.config.stash[_STRATEGY_KEY]
+    request.config.stash[_HELD_PORTS_KEY].check_available(
+        strategy, "tcp", request.config.stash[_PORTS_SOURCE_KEY]
+    )
     manager = open_claim(
         strategy, registry=aioportclaim_registry, timeout=CLAIM_TIMEOUT
     )
     with aioportclaim_portal.wrap_async_context_manager(manager) as claimer:
-        yield claimer.socket
+        request.config.stash[_HELD_PORTS_KEY].add("tcp", claimer.port)
+        try:
+            yield claimer.socket
+        finally:
+            request.config.stash[_HELD_PORTS_KEY].discard("tcp", claimer.port)

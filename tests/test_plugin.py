@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -105,6 +106,36 @@ def test_reservations_leak_no_descriptor(aioportclaim_portal, aioportclaim_regis
 
     assert count_open_fds() == fds_before
     assert held_in_redis(aioportclaim_portal, aioportclaim_registry) == held_before
+"""
+
+
+# Test module run with --aioportclaim-ports naming one port, PORT. Each of
+# the first three tests requests that TCP port twice. The last two show that
+# the failed tests released it, and that TCP and UDP claims of one port
+# coexist.
+EXHAUSTED_SUITE = """
+import os
+
+
+def test_factory_after_port(claimed_tcp_port, claimed_tcp_port_factory):
+    claimed_tcp_port_factory()
+
+
+def test_socket_after_port(claimed_tcp_port, claimed_tcp_socket):
+    pass
+
+
+def test_factory_spec_twice(claimed_tcp_port_factory):
+    claimed_tcp_port_factory(os.environ["PORT"])
+    claimed_tcp_port_factory(os.environ["PORT"])
+
+
+def test_udp_beside_tcp(claimed_tcp_port, claimed_udp_port):
+    assert claimed_tcp_port == claimed_udp_port
+
+
+def test_factory_after_release(claimed_tcp_port_factory):
+    assert claimed_tcp_port_factory() == int(os.environ["PORT"])
 """
 
 
@@ -324,6 +355,33 @@ class TestSubprocessRuns:
 
         assert result.returncode == 0, result.stdout + result.stderr
         assert "5 passed" in result.stdout
+
+    def test_exhausted_ports_fail_fast(self, tmp_path: Path) -> None:
+        [port] = find_free_ports(1)
+        (tmp_path / "test_suite.py").write_text(EXHAUSTED_SUITE)
+        started = time.monotonic()
+
+        result = run_pytest(
+            tmp_path,
+            f"--aioportclaim-ports={port}",
+            f"--aioportclaim-lock-dir={tmp_path / 'locks'}",
+            env={"PORT": str(port)},
+        )
+        elapsed = time.monotonic() - started
+        session_message = (
+            f"all ports of --aioportclaim-ports={port} are held by this "
+            f"session's own fixtures (tcp {port}) until the test ends"
+        )
+        spec_message = (
+            f"all ports of the spec '{port}' passed to claimed_tcp_port_factory "
+            f"are held by this session's own fixtures (tcp {port})"
+        )
+
+        assert "2 failed, 2 passed, 1 error" in result.stdout, result.stdout
+        assert result.stdout.count(session_message) == 2
+        assert spec_message in result.stdout
+        assert "widen --aioportclaim-ports" in result.stdout
+        assert elapsed < 20
 
     def test_invalid_ports_option_is_usage_error(self, tmp_path: Path) -> None:
         result = run_pytest(tmp_path, "--aioportclaim-ports=9000-80")
