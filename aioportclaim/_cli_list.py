@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ._cli_common import CommandLineError, as_redis_registry, open_cli_registry
+from ._cli_common import (
+    CommandLineError,
+    as_redis_registry,
+    open_cli_registry,
+    write_stdout,
+)
 from .registries import FileLockRegistry
 
 if TYPE_CHECKING:
@@ -19,6 +23,14 @@ if TYPE_CHECKING:
 
 _FILE_HEADER = ["PORT", "PROTO", "PID", "APP_ID", "AGE", "HOLDER"]
 _REDIS_HEADER = ["PORT", "PROTO", "PID", "HOST", "APP_ID", "AGE", "TOKEN", "EXPIRES"]
+#: Maximum characters of an application id or host name in a table cell;
+#: longer ones end in "...". JSON output keeps the whole value.
+MAX_TEXT_WIDTH = 40
+#: Maximum characters of a scope in a table cell.
+MAX_SCOPE_WIDTH = 64
+_TRUNCATION_MARK = "..."
+# Characters that a table cell shows as Python's short escapes.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -100,12 +112,12 @@ def _format_table(claims: list[ClaimInfo], now: float, *, show_scope: bool) -> s
             str(info.key.port),
             info.key.kind,
             str(record.pid) if record else "-",
-            (record.app_id or "-") if record else "-",
+            _text_cell(record.app_id if record else None),
             _format_age(now - record.started) if record else "-",
             "alive" if info.held else "released",
         ]
         if show_scope:
-            row.append(info.key.scope)
+            row.append(_text_cell(info.key.scope, MAX_SCOPE_WIDTH))
         rows.append(row)
     return _align(rows)
 
@@ -123,16 +135,53 @@ def _format_redis_table(
             str(info.key.port),
             info.key.kind,
             str(record.pid) if record else "-",
-            (record.host or "-") if record else "-",
-            (record.app_id or "-") if record else "-",
+            _text_cell(record.host if record else None),
+            _text_cell(record.app_id if record else None),
             _format_age(now - record.started) if record else "-",
             "-" if info.fencing_token is None else str(info.fencing_token),
             "-" if info.expires_in is None else f"{info.expires_in:.1f}s",
         ]
         if show_scope:
-            row.append(info.key.scope)
+            row.append(_text_cell(info.key.scope, MAX_SCOPE_WIDTH))
         rows.append(row)
     return _align(rows)
+
+
+def _text_cell(text: str | None, limit: int = MAX_TEXT_WIDTH) -> str:
+    """Render text read from a holder record as one printable table cell.
+
+    Records come from other processes, so their text may hold line breaks
+    or terminal escape sequences. Those characters, and the backslash, are
+    shown as Python escapes (``\\n``, ``\\x1b``), and text longer than
+    `limit` is cut to end in "...".
+    """
+    if not text:
+        return "-"
+    pieces = [_escape_character(character) for character in text]
+    if sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    shown: list[str] = []
+    width = len(_TRUNCATION_MARK)
+    for piece in pieces:
+        width += len(piece)
+        if width > limit:
+            break
+        shown.append(piece)
+    return "".join(shown) + _TRUNCATION_MARK
+
+
+def _escape_character(character: str) -> str:
+    named = _NAMED_ESCAPES.get(character)
+    if named is not None:
+        return named
+    if character.isprintable():
+        return character
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def _align(rows: list[list[str]]) -> str:
@@ -186,4 +235,4 @@ async def _gc(args: argparse.Namespace) -> int:
 
 
 def _write(text: str) -> None:
-    sys.stdout.write(f"{text}\n")
+    write_stdout(text)

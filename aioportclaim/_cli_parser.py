@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import NoReturn, TypeAlias
 from urllib.parse import urlsplit
 
+from . import __version__
 from ._cli_common import EXIT_USAGE, PROG
 from ._cli_list import gc_command, list_command
 from ._cli_pick import pick_command
@@ -17,10 +19,14 @@ exit status:
   0    success
   1    the claim, the lock directory or the registry failed (pick, list, gc)
   2    invalid arguments
+  141  standard output was closed before pick, list or gc wrote it, as by head
   run: the command's own status, 128+N when signal N ended it, 124 when the
   command did not listen in time, 125 when run itself failed, 126 when the
   command cannot be executed, 127 when it is not found
 """
+
+# The names a POSIX shell can export.
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="log claims to stderr; twice for debug messages",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
 
     commands = parser.add_subparsers(dest="action", required=True, metavar="COMMAND")
     _add_pick(commands)
@@ -107,7 +114,7 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=10.0,
         metavar="SECONDS",
-        help="seconds to keep looking for a free port (default: 10)",
+        help="seconds to keep looking for a free port, greater than 0 (default: 10)",
     )
 
 
@@ -139,15 +146,26 @@ def _registry_url(text: str) -> str:
 
 
 def _seconds(text: str) -> float:
-    """Parse a number of seconds for argparse: finite and 0 or more."""
+    """Parse a number of seconds for argparse: finite and greater than 0."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):
-        msg = f"invalid number of seconds {text!r}: expected a number, 0 or more"
+    if not 0 < value < float("inf"):
+        msg = f"invalid number of seconds {text!r}: expected a number greater than 0, such as 10 or 0.5"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _environment_name(text: str) -> str:
+    """Check an environment variable name for argparse: one that a shell can export."""
+    if not _ENVIRONMENT_NAME.fullmatch(text):
+        msg = (
+            f"invalid environment variable name {text!r}: use letters, digits and "
+            "underscores, not starting with a digit, as in PORT or SERVICE_PORT"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 def _add_pick(commands: _Commands) -> None:
@@ -171,8 +189,11 @@ def _add_run(commands: _Commands) -> None:
             "Reserve a port, start COMMAND with {port} in its arguments replaced by the port "
             "and the port in an environment variable, check that COMMAND is the process that "
             "listens on it, and keep the reservation until COMMAND exits. SIGINT, SIGTERM and "
-            "SIGHUP are passed on to COMMAND, which runs in its own process group. With a "
-            "Redis registry, COMMAND is stopped when the claim's lease is lost. Exits with "
+            "SIGHUP are passed on to COMMAND, which runs in its own process group. When "
+            "COMMAND has not exited --kill-after seconds after a SIGINT or SIGTERM, its "
+            "process group gets SIGKILL. On Linux, COMMAND gets SIGTERM if run itself dies, "
+            "even by SIGKILL, so it never serves without the reservation. With a Redis "
+            "registry, COMMAND is stopped when the claim's lease is lost. Exits with "
             "COMMAND's status."
         ),
     )
@@ -180,15 +201,23 @@ def _add_run(commands: _Commands) -> None:
     run.add_argument(
         "--env",
         default="PORT",
+        type=_environment_name,
         metavar="NAME",
-        help="environment variable that receives the port (default: PORT)",
+        help="environment variable that receives the port: letters, digits and underscores, not starting with a digit (default: PORT)",
     )
     run.add_argument(
         "--timeout",
         type=_seconds,
         default=30.0,
         metavar="SECONDS",
-        help="seconds COMMAND has to start listening before it is stopped (default: 30)",
+        help="seconds COMMAND has to start listening before it is stopped, greater than 0 (default: 30)",
+    )
+    run.add_argument(
+        "--kill-after",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds COMMAND has to exit after a SIGINT or SIGTERM, or after run stops it, before its process group gets SIGKILL; greater than 0 (default: 10, as for docker stop)",
     )
     run.add_argument(
         "-q",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ._claim import open_claim
-from ._cli_common import build_strategy, open_cli_registry
+from ._cli_common import build_strategy, open_cli_registry, write_stdout
 
 if TYPE_CHECKING:
     import argparse
@@ -40,5 +39,5 @@ def pick_command(args: argparse.Namespace) -> int:
         output = json.dumps({"port": port, "protocol": kind, "host": args.host})
     else:
         output = str(port)
-    sys.stdout.write(f"{output}\n")
+    write_stdout(output)
     return 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -19,6 +22,7 @@ from ._cli_common import (
     CommandLineError,
     build_strategy,
     open_cli_registry,
+    write_stderr,
 )
 from ._exceptions import ClaimLostError, HandoffError, ListenTimeoutError
 from ._handoff import PortReservation, reserve_port, send_signal, stop_process
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import AsyncIterator
 
-    from anyio.abc import Process
+    from anyio.abc import Process, TaskGroup
 
     from ._strategy import PortSelectionStrategy
 
@@ -35,6 +39,53 @@ logger = logging.getLogger(__name__)
 
 #: Signals that ``run`` passes on to its command's process group.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Forwarded signals that ask the command to stop: if it has not exited
+#: ``--kill-after`` seconds after the first of them, its group gets SIGKILL.
+#: SIGHUP is left out because many servers reload their configuration on it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_LAUNCHER = Path(__file__).with_name("_cli_launcher.py")
+# Errors of exec that mean the command does not exist.
+_NOT_FOUND_ERRNOS = (errno.ENOENT, errno.ENOTDIR)
+# Errors of exec that mean the command exists but cannot be executed.
+_NOT_EXECUTABLE_ERRNOS = (
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOEXEC,
+    errno.EISDIR,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+    errno.ETXTBSY,
+)
+
+
+@dataclass
+class _Child:
+    """The started command, and the pipe on which the launcher reports a failed exec."""
+
+    process: Process
+    name: str
+    exec_error_fd: int | None = None
+
+    def exec_error(self) -> int | None:
+        """Return the errno of a failed exec, or None if exec succeeded or was not reported.
+
+        Call it only after the process exited: by then the launcher has
+        written the errno, or exec has closed the pipe.
+        """
+        if self.exec_error_fd is None:
+            return None
+        os.set_blocking(self.exec_error_fd, False)
+        try:
+            data = os.read(self.exec_error_fd, 32)
+        except BlockingIOError:
+            return None
+        return int(data) if data.isdigit() else None
+
+    def close(self) -> None:
+        if self.exec_error_fd is not None:
+            os.close(self.exec_error_fd)
+            self.exec_error_fd = None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -44,7 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 async def _run_async(args: argparse.Namespace, strategy: PortSelectionStrategy) -> int:
-    process: Process | None = None
+    child: _Child | None = None
     lost_reason: str | None = None
     try:
         async with (
@@ -64,24 +115,58 @@ async def _run_async(args: argparse.Namespace, strategy: PortSelectionStrategy) 
             env = {**os.environ, args.env: port}
             with anyio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
                 reservation.release_socket()
-                process = await _start(command, env)
+                child = await _start(command, env)
                 try:
-                    return await _supervise(args, reservation, process, signals)
+                    return await _supervise(args, reservation, child, signals)
                 finally:
+                    child.close()
                     with anyio.CancelScope(shield=True):
-                        await stop_process(process, group=True)
+                        await stop_process(
+                            child.process, group=True, grace=args.kill_after
+                        )
                     lost_reason = reservation.claimer.lost_reason
     except ClaimLostError:
         # A registry that reports a lost lease (Redis) cancels the block, and
         # the reservation raises as it ends, after the command was stopped.
-        if process is None or lost_reason is None:
+        if child is None or lost_reason is None:
             raise
-        name = os.path.basename(args.command[0])
-        msg = f"stopped {name} (pid {process.pid}): {lost_reason}; run it again to claim another port"
+        msg = f"stopped {child.name} (pid {child.process.pid}): {lost_reason}; run it again to claim another port"
         raise CommandLineError(msg, EXIT_RUN_FAILED) from None
 
 
-async def _start(command: list[str], env: dict[str, str]) -> Process:
+async def _start(command: list[str], env: dict[str, str]) -> _Child:
+    """Start `command` in its own session, through the launcher where it works."""
+    name = os.path.basename(command[0])
+    if not _can_launch():
+        return _Child(await _open_directly(command, env), name)
+
+    read_fd, write_fd = os.pipe()
+    try:
+        launcher = [sys.executable, "-I", "-S", str(_LAUNCHER)]
+        process = await anyio.open_process(
+            [*launcher, str(os.getpid()), str(write_fd), *command],
+            env=env,
+            stdin=None,
+            stdout=None,
+            stderr=None,
+            start_new_session=True,
+            pass_fds=(write_fd,),
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return _Child(process, name, read_fd)
+
+
+def _can_launch() -> bool:
+    # The death signal is Linux-only, and the launcher needs a Python
+    # interpreter to run it.
+    return sys.platform == "linux" and bool(sys.executable) and _LAUNCHER.is_file()
+
+
+async def _open_directly(command: list[str], env: dict[str, str]) -> Process:
     try:
         return await anyio.open_process(
             command,
@@ -91,29 +176,39 @@ async def _start(command: list[str], env: dict[str, str]) -> Process:
             stderr=None,
             start_new_session=True,
         )
-    except FileNotFoundError as error:
-        msg = f"command not found: {command[0]!r} ({error.strerror}); check the name and PATH"
-        raise CommandLineError(msg, EXIT_NOT_FOUND) from None
-    except PermissionError as error:
-        msg = f"cannot execute {command[0]!r}: {error.strerror}; check that it is an executable file"
-        raise CommandLineError(msg, EXIT_NOT_EXECUTABLE) from None
+    except OSError as error:
+        if error.errno not in (*_NOT_FOUND_ERRNOS, *_NOT_EXECUTABLE_ERRNOS):
+            raise
+        raise _exec_error(command[0], error.errno) from None
+
+
+def _exec_error(command: str, number: int) -> CommandLineError:
+    """Describe a failed exec of `command` with errno `number`, and the exit status to use."""
+    reason = os.strerror(number)
+    if number in _NOT_FOUND_ERRNOS:
+        msg = f"command not found: {command!r} ({reason}); check the name and PATH"
+        return CommandLineError(msg, EXIT_NOT_FOUND)
+    msg = f"cannot execute {command!r}: {reason}; check that it is an executable file"
+    return CommandLineError(msg, EXIT_NOT_EXECUTABLE)
 
 
 async def _supervise(
     args: argparse.Namespace,
     reservation: PortReservation,
-    process: Process,
+    child: _Child,
     signals: AsyncIterator[signal.Signals],
 ) -> int:
+    process = child.process
     forwarded: list[signal.Signals] = []
     async with anyio.create_task_group() as group:
-        group.start_soon(_forward_signals, signals, process, forwarded)
-        failure = await _wait_listening(args, reservation, process, forwarded)
+        group.start_soon(
+            _forward_signals, signals, child, forwarded, args.kill_after, group
+        )
+        failure = await _wait_listening(args, reservation, child, forwarded)
         if failure is None:
             if not args.quiet:
-                name = os.path.basename(args.command[0])
-                sys.stderr.write(
-                    f"{PROG}: {name} (pid {process.pid}) listens on {reservation.describe()}\n"
+                write_stderr(
+                    f"{PROG}: {child.name} (pid {process.pid}) listens on {reservation.describe()}\n"
                 )
             returncode = await process.wait()
         group.cancel_scope.cancel()
@@ -125,15 +220,18 @@ async def _supervise(
 async def _wait_listening(
     args: argparse.Namespace,
     reservation: PortReservation,
-    process: Process,
+    child: _Child,
     forwarded: list[signal.Signals],
 ) -> CommandLineError | None:
     """Wait until the command listens; return the error to report if it does not."""
     try:
-        await reservation.wait_listening(process, args.timeout)
+        await reservation.wait_listening(child.process, args.timeout)
     except ListenTimeoutError as error:
         return CommandLineError(f"{error}; it was stopped", EXIT_LISTEN_TIMEOUT)
     except HandoffError as error:
+        exec_errno = child.exec_error()
+        if exec_errno is not None:
+            return _exec_error(args.command[0], exec_errno)
         returncode = error.returncode if error.returncode is not None else -1
         if forwarded:
             return CommandLineError(
@@ -148,13 +246,35 @@ async def _wait_listening(
 
 async def _forward_signals(
     signals: AsyncIterator[signal.Signals],
-    process: Process,
+    child: _Child,
     forwarded: list[signal.Signals],
+    kill_after: float,
+    group: TaskGroup,
 ) -> None:
+    process = child.process
     async for signum in signals:
         logger.info("passing %s on to process group %d", signum.name, process.pid)
+        if signum in STOP_SIGNALS and not set(forwarded) & set(STOP_SIGNALS):
+            group.start_soon(_kill_if_running, child, kill_after, signum)
         forwarded.append(signum)
         send_signal(process, signum, group=True)
+
+
+async def _kill_if_running(
+    child: _Child, kill_after: float, signum: signal.Signals
+) -> None:
+    """Send SIGKILL to the command's process group unless it exits within `kill_after` seconds."""
+    await anyio.sleep(kill_after)
+    process = child.process
+    if process.returncode is None:
+        logger.warning(
+            "%s (pid %d) did not exit within %g s after %s; sending SIGKILL to its process group",
+            child.name,
+            process.pid,
+            kill_after,
+            signum.name,
+        )
+        send_signal(process, signal.SIGKILL, group=True)
 
 
 def _exit_status(returncode: int) -> int:

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
+import aioportclaim
 from aioportclaim import (
     FileLockRegistry,
     HolderRecord,
@@ -45,6 +46,13 @@ for _ in range(20):
 NOTICE = re.compile(
     r"^aioportclaim: (\S+) \(pid (\d+)\) listens on tcp 127\.0\.0\.1 port (\d+)$"
 )
+
+
+ORPHAN_CHECK = [sys.executable, str(HELPERS / "cli_orphan_check.py")]
+# A lock-file holder record with a line break and a terminal escape sequence
+# in its text fields, as a hostile or broken process could write one.
+HOSTILE_TEXT = "web\nfake row\x1b[31mred\\"
+ESCAPED_TEXT = "web\\nfake row\\x1b[31mred\\\\"
 
 
 def cli(
@@ -79,6 +87,27 @@ def read_line(stream: IO[str], timeout: float) -> str:
     return stream.readline()
 
 
+def cli_without_reader(
+    *arguments: str, stream: str = "stdout"
+) -> subprocess.CompletedProcess[str]:
+    """Run the command line with `stream` on a pipe whose reader has already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    other = subprocess.PIPE
+    try:
+        return subprocess.run(
+            [*COMMAND, *arguments],
+            stdin=subprocess.DEVNULL,
+            stdout=write_end if stream == "stdout" else other,
+            stderr=write_end if stream == "stderr" else other,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
 def try_lock(
     registry: FileLockRegistry, port: int, app_id: str | None = None
 ) -> FileLease | None:
@@ -91,6 +120,25 @@ def lock(lock_dir: Path, port: int, app_id: str | None = None) -> FileLease:
     lease = try_lock(FileLockRegistry(lock_dir), port, app_id)
     assert lease is not None
     return lease
+
+
+def has_exited(pid: int) -> bool:
+    """Tell whether `pid` is gone or a zombie that its new parent has not collected."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rpartition(b")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == b"Z"
+
+
+def wait_for_file(path: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or not path.read_text():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} was not written within {timeout} s")
+        time.sleep(0.05)
+    return path.read_text()
 
 
 def refuses_connections(port: int) -> bool:
@@ -173,10 +221,15 @@ class TestErrors:
         [
             (["pick", "70000"], "invalid port spec '70000'"),
             (["pick", "9000-80"], "invalid port spec '9000-80'"),
-            (["pick", "--exclude", "80x"], "invalid excluded ports '80x'"),
+            (["pick", "--exclude", "80x"], "invalid --exclude value '80x'"),
             (["pick", "--prefer", "8000-8100:zero"], "invalid --prefer weight 'zero'"),
             (["pick", "--host", "example.com"], "resolve host names"),
             (["pick", "--claim-timeout", "-1"], "invalid number of seconds '-1'"),
+            (["pick", "--claim-timeout", "0"], "invalid number of seconds '0'"),
+            (["run", "--timeout", "0", "--", "true"], "invalid number of seconds '0'"),
+            (["run", "--timeout", "nan", "--", "true"], "greater than 0"),
+            (["run", "--kill-after", "0", "--", "true"], "argument --kill-after"),
+            (["run", "--kill-after", "-1", "--", "true"], "seconds '-1'"),
             (["pick", "--bogus"], "unrecognized arguments: --bogus"),
             (["run", "abc", "--", "true"], "invalid port spec 'abc'"),
             (["run"], "run needs a command after '--'"),
@@ -189,6 +242,45 @@ class TestErrors:
 
         assert result.returncode == 2
         assert message in error_line(result)
+
+    @pytest.mark.parametrize("name", ["A=B", "1PORT", "", "MY-PORT", "PORT\n"])
+    def test_run_env_name_rule(self, name: str) -> None:
+        result = cli("run", "--env", name, "--", "true")
+        message = error_line(result)
+
+        assert result.returncode == 2
+        assert f"invalid environment variable name {name!r}" in message
+        assert "letters, digits and underscores, not starting with a digit" in message
+
+    @pytest.mark.parametrize(
+        ("arguments", "value"),
+        [
+            (["pick", "abc"], "port spec 'abc'"),
+            (["pick", "8000-80x"], "port spec '8000-80x'"),
+            (["pick", "--exclude", "0"], "--exclude value '0'"),
+            (["pick", "--prefer", "1-x:2"], "--prefer ports '1-x'"),
+            (["run", "x", "--", "true"], "port spec 'x'"),
+        ],
+    )
+    def test_spec_error_shell_forms(self, arguments: list[str], value: str) -> None:
+        result = cli(*arguments)
+        message = error_line(result)
+
+        assert result.returncode == 2
+        assert f"invalid {value}" in message
+        assert "8000-8100" in message
+        assert "range(" not in message
+        assert "None" not in message
+        assert "(low, high)" not in message
+
+    def test_negative_spec_shell_forms(self) -> None:
+        result = cli("pick", "-1")
+        message = error_line(result)
+
+        assert result.returncode == 2
+        assert "invalid port spec '-1'" in message
+        assert "leave SPEC out for the default ports" in message
+        assert "None" not in message
 
     @pytest.mark.parametrize(
         ("arguments", "status"),
@@ -209,6 +301,26 @@ class TestErrors:
 
         assert result.returncode == status
         assert "is not a directory" in error_line(result)
+        assert error_line(result).endswith(", or pass another --lock-dir")
+
+    def test_lock_dir_error_from_environment(self, tmp_path: Path) -> None:
+        not_a_directory = tmp_path / "file"
+        not_a_directory.write_text("")
+
+        result = cli("pick", env={"AIOPORTCLAIM_LOCK_DIR": str(not_a_directory)})
+
+        assert result.returncode == 1
+        assert "set AIOPORTCLAIM_LOCK_DIR to another path" in error_line(result)
+        assert "--lock-dir" not in error_line(result)
+
+    def test_lock_dir_error_names_registry_option(self, tmp_path: Path) -> None:
+        not_a_directory = tmp_path / "file"
+        not_a_directory.write_text("")
+
+        result = cli("--registry", f"file://{not_a_directory}", "pick")
+
+        assert result.returncode == 1
+        assert error_line(result).endswith(", or pass another --registry")
 
     def test_symlinked_lock_dir_one_line(self, tmp_path: Path) -> None:
         (tmp_path / "real").mkdir(mode=0o700)
@@ -218,6 +330,78 @@ class TestErrors:
 
         assert result.returncode == 1
         assert "is a symbolic link" in error_line(result)
+        assert "or pass another --lock-dir" in error_line(result)
+
+    def test_version_prints_package_version(self) -> None:
+        result = cli("--version")
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"aioportclaim {aioportclaim.__version__}\n"
+
+
+class TestClosedOutput:
+    @pytest.mark.parametrize(
+        ("arguments", "status"),
+        [
+            (["pick"], 141),
+            (["pick", "--json"], 141),
+            (["list"], 141),
+            (["list", "--all"], 141),
+            (["list", "--json"], 141),
+            (["gc"], 141),
+            (["gc", "--json"], 141),
+            # argparse drops its own output when stdout is closed.
+            (["--version"], 0),
+            (["--help"], 0),
+            (["run", "--help"], 0),
+        ],
+    )
+    def test_closed_stdout_ends_quietly(
+        self, lock_dir: Path, arguments: list[str], status: int
+    ) -> None:
+        [port] = find_free_ports(1)
+        lock(lock_dir, port, app_id="web").release_now()
+
+        result = cli_without_reader("--lock-dir", str(lock_dir), *arguments)
+
+        assert result.returncode == status
+        assert result.stderr == ""
+
+    def test_closed_stdout_through_head(self, lock_dir: Path) -> None:
+        # More rows than a pipe buffers, so list is still writing when head exits.
+        registry = FileLockRegistry(lock_dir)
+        for port in range(20000, 20100):
+            lease = try_lock(registry, port, app_id="x" * 1000)
+            assert lease is not None
+            lease.release_now()
+        shell = f"{' '.join(COMMAND)} --lock-dir {lock_dir} list --all --json | head -3"
+        # Unbuffered, Python drops the rest of a partial write to a pipe whose
+        # reader has gone, and reports no error.
+        env = dict(os.environ)
+        env.pop("PYTHONUNBUFFERED", None)
+
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", shell],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+
+        assert result.returncode == 141
+        assert result.stderr == ""
+        assert len(result.stdout.splitlines()) == 3
+
+    def test_closed_stderr_keeps_run_status(self) -> None:
+        result = cli_without_reader(
+            *["run", "--stats", "--"],
+            *[*ENV_LISTENER, "PORT", "--hold", "0.2", "--status", "3"],
+            stream="stderr",
+        )
+
+        assert result.returncode == 3
+        assert result.stdout == ""
 
 
 class TestRun:
@@ -312,6 +496,88 @@ class TestRun:
         assert result.returncode == 127
         assert "command not found: 'aioportclaim-no-such-command'" in error_line(result)
 
+    def test_run_command_not_executable(self, tmp_path: Path) -> None:
+        script = tmp_path / "server.sh"
+        script.write_text("#!/bin/sh\n")
+
+        result = cli("run", "--", str(script))
+
+        assert result.returncode == 126
+        assert f"cannot execute '{script}': Permission denied" in error_line(result)
+
+    def test_run_kill_after_escalates(self, tmp_path: Path) -> None:
+        pid_file = tmp_path / "child.pid"
+        run = subprocess.Popen(
+            [
+                *[*COMMAND, "run", "--kill-after", "0.5", "--"],
+                *[*ENV_LISTENER, "PORT", "--ignore-signals"],
+                *["--pid-file", str(pid_file)],
+            ],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            notice = NOTICE.match(read_line(run.stderr, 30))  # type: ignore[arg-type]
+            run.send_signal(signal.SIGTERM)
+            signalled_at = time.monotonic()
+            status = run.wait(timeout=20)
+            stopped_after = time.monotonic() - signalled_at
+        finally:
+            if run.poll() is None:
+                run.kill()
+            _, stderr = run.communicate(timeout=30)
+
+        assert notice is not None
+        assert status == 128 + signal.SIGKILL
+        assert 0.5 <= stopped_after < 5
+        assert "did not exit within 0.5 s after SIGTERM; sending SIGKILL" in stderr
+        assert process_gone(int(pid_file.read_text()))
+
+    def test_run_kill_after_before_listening(self, tmp_path: Path) -> None:
+        pid_file = tmp_path / "child.pid"
+        run = subprocess.Popen(
+            [
+                *[*COMMAND, "run", "--kill-after", "0.3", "--"],
+                *[*ENV_LISTENER, "PORT", "--ignore-signals", "--never"],
+                *["--pid-file", str(pid_file)],
+            ],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            child = int(wait_for_file(pid_file, 30))
+            run.send_signal(signal.SIGINT)
+            status = run.wait(timeout=20)
+        finally:
+            if run.poll() is None:
+                run.kill()
+            _, stderr = run.communicate(timeout=30)
+
+        assert status == 128 + signal.SIGKILL
+        assert "after SIGINT; sending SIGKILL" in stderr
+        assert process_gone(child)
+
+    def test_run_command_gets_sigterm_when_run_killed(self, tmp_path: Path) -> None:
+        signal_file = tmp_path / "signal.txt"
+
+        result = subprocess.run(
+            [
+                *[*ORPHAN_CHECK, "10", "run", "--"],
+                *[*ENV_LISTENER, "PORT", "--signal-file", str(signal_file)],
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "EXITED 0\n"
+        assert signal_file.read_text() == "SIGTERM"
+
     def test_run_reports_daemonized_listener(self) -> None:
         result = cli(
             "run",
@@ -381,6 +647,45 @@ class TestListAndGc:
         assert header.split() == ["PORT", "PROTO", "PID", "APP_ID", "AGE", "HOLDER"]
         assert row.split()[:4] == [str(port), "tcp", str(os.getpid()), "web"]
         assert row.split()[5] == "alive"
+
+    def test_list_escapes_control_characters(self, lock_dir: Path) -> None:
+        [port] = find_free_ports(1)
+        lease = try_lock(FileLockRegistry(lock_dir), port, app_id=HOSTILE_TEXT)
+        assert lease is not None
+        try:
+            result = cli("--lock-dir", str(lock_dir), "list")
+        finally:
+            lease.release_now()
+        lines = result.stdout.splitlines()
+
+        assert result.returncode == 0, result.stderr
+        assert len(lines) == 2
+        assert "\x1b" not in result.stdout
+        assert ESCAPED_TEXT in lines[1]
+
+    def test_list_truncates_long_app_id(self, lock_dir: Path) -> None:
+        [port] = find_free_ports(1)
+        long_id = "a" * 30 + "\t" + "b" * 200
+        lock(lock_dir, port, app_id=long_id).release_now()
+
+        table = cli("--lock-dir", str(lock_dir), "list", "--all")
+        as_json = cli("--lock-dir", str(lock_dir), "list", "--all", "--json")
+        app_id_cell = table.stdout.splitlines()[1].split()[3]
+        [claim] = json.loads(as_json.stdout)
+
+        assert app_id_cell == "a" * 30 + "\\t" + "b" * 5 + "..."
+        assert len(app_id_cell) == 40
+        assert claim["app_id"] == long_id
+
+    def test_list_json_escapes_app_id(self, lock_dir: Path) -> None:
+        [port] = find_free_ports(1)
+        lock(lock_dir, port, app_id=HOSTILE_TEXT).release_now()
+
+        result = cli("--lock-dir", str(lock_dir), "list", "--all", "--json")
+        [claim] = json.loads(result.stdout)
+
+        assert "\x1b" not in result.stdout
+        assert claim["app_id"] == HOSTILE_TEXT
 
     def test_list_json_marks_released_claim(self, lock_dir: Path) -> None:
         ports = find_free_ports(2)
@@ -487,11 +792,15 @@ def plant_redis_claim(
     token: int = 77,
     scope: str | None = None,
     lease_ms: int = 30_000,
+    host: str | None = None,
 ) -> str:
     """Write the claim key of another holder of `port` into Redis; return the key."""
     registry = RedisRegistry(server.url)
     key = registry.redis_key(ClaimKey(scope or registry.scope(), "tcp", port))
-    record = HolderRecord.for_this_process("tcp", port, "web").to_bytes()
+    holder = HolderRecord.for_this_process("tcp", port, "web")
+    if host is not None:
+        holder = HolderRecord(holder.pid, "tcp", port, "web", host)
+    record = holder.to_bytes()
     value = b"v1 planted %d %s" % (token, record)
     server.command("SET", key, value, "PX", lease_ms)
     return key
@@ -573,6 +882,18 @@ class TestRegistryOption:
         assert cells["APP_ID"] == "web"
         assert cells["TOKEN"] == "77"
         assert 25.0 <= float(cells["EXPIRES"].rstrip("s")) <= 30.0
+
+    def test_list_escapes_redis_host(self, redis_server: RedisServer) -> None:
+        [port] = find_free_ports(1)
+        plant_redis_claim(redis_server, port, host=HOSTILE_TEXT)
+
+        result = cli("--registry", redis_server.url, "list")
+        lines = result.stdout.splitlines()
+
+        assert result.returncode == 0, result.stderr
+        assert len(lines) == 2
+        assert "\x1b" not in result.stdout
+        assert ESCAPED_TEXT in lines[1]
 
     def test_list_json_all_scopes(self, redis_server: RedisServer) -> None:
         ports = find_free_ports(2)
