@@ -20,6 +20,11 @@ thread that lives as long as it does: ``run`` starts it from the asyncio
 event loop on its main thread. The kernel clears the setting when COMMAND is
 a set-user-ID or set-group-ID program, or has file capabilities, and it
 covers only COMMAND, not the processes that COMMAND starts.
+
+NOTE: the kernel sends the signal each time COMMAND is re-parented. When
+``run`` dies while another of its threads (asyncio's child watcher) still
+runs, COMMAND is first re-parented to that thread, so it can get SIGTERM
+twice in quick succession.
 """
 
 from __future__ import annotations
