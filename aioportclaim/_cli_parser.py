@@ -191,8 +191,8 @@ def _add_run(commands: _Commands) -> None:
             "listens on it, and keep the reservation until COMMAND exits. SIGINT, SIGTERM and "
             "SIGHUP are passed on to COMMAND, which runs in its own process group. When "
             "COMMAND has not exited --kill-after seconds after a SIGINT or SIGTERM, its "
-            "process group gets SIGKILL. On Linux, COMMAND gets SIGTERM if run itself dies, "
-            "even by SIGKILL, so it never serves without the reservation. With a Redis "
+            "process group gets SIGKILL. On Linux, COMMAND also gets SIGTERM when run itself "
+            "dies, even by SIGKILL, so that it stops serving without the reservation. With a Redis "
             "registry, COMMAND is stopped when the claim's lease is lost. Exits with "
             "COMMAND's status."
         ),
