@@ -299,9 +299,56 @@ async def _claim(
                 options.metrics.record_failure("timeout")
             msg = f"port {spec.port} could not be claimed and verified within {timeout} s; raise the timeout or shorten verify_delay"
             raise ClaimTimeoutError(msg, {"in_use": 1})
+    selector = _shared_selector(
+        strategy, registry, host, kind, count, listen, backlog, metrics
+    )
+    _, claimer = await selector.select_and_claim(
+        app_id, verify_delay=verify_delay, timeout=timeout
+    )
+    return claimer
+
+
+# Selectors keep no state between calls, so claims with equal arguments
+# share one and skip checking and normalizing those arguments again.
+_selectors: dict[tuple[object, ...], RobustPortSelector] = {}
+_MAX_SHARED_SELECTORS = 64
+_SHAREABLE_SPECS = (PortSelectionStrategy, str, int, type(None))
+_PLAIN_TYPES = (str, str, int, bool, int)
+
+
+def _shared_selector(
+    strategy: object,
+    registry: Registry | None,
+    host: str | Sequence[str],
+    kind: str | Sequence[str],
+    count: int,
+    listen: bool,
+    backlog: int,
+    metrics: MetricsRecorder | None,
+) -> RobustPortSelector:
+    resolved = resolve_registry(registry)
+    recorder = resolve_recorder(metrics, resolved)
+    key = (
+        type(strategy),
+        strategy,
+        resolved,
+        host,
+        kind,
+        count,
+        listen,
+        backlog,
+        recorder,
+    )
+    # Exact types, so that True never shares an entry with 1, nor 1.0 with 1.
+    argument_types = tuple(map(type, (host, kind, count, listen, backlog)))
+    shareable = type(strategy) in _SHAREABLE_SPECS and argument_types == _PLAIN_TYPES
+    selector = _selectors.get(key) if shareable else None
+    if selector is not None:
+        return selector
+
     selector = RobustPortSelector(
         strategy,
-        registry,
+        resolved,
         host=host,
         kind=kind,
         count=count,
@@ -309,7 +356,8 @@ async def _claim(
         backlog=backlog,
         metrics=metrics,
     )
-    _, claimer = await selector.select_and_claim(
-        app_id, verify_delay=verify_delay, timeout=timeout
-    )
-    return claimer
+    if shareable:
+        if len(_selectors) >= _MAX_SHARED_SELECTORS:
+            _selectors.clear()
+        _selectors[key] = selector
+    return selector

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -24,6 +25,9 @@ from aioportclaim import (
 )
 
 from .conftest import HELPERS, count_open_fds, find_free_ports
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def hold_in_child(port: int) -> subprocess.Popen[str]:
@@ -399,3 +403,30 @@ class TestImpossibleBlocks:
 
         with pytest.raises(RuntimeError, match="never claimed"):
             await claimer.verify_claim()
+
+
+class TestSharedSelectors:
+    async def test_bool_count_rejected_after_int(
+        self, registry: FileLockRegistry
+    ) -> None:
+        spec = ",".join(map(str, find_free_ports(2)))
+        async with claim_port(spec, registry=registry):
+            pass
+
+        with pytest.raises(ValueError, match="invalid count True"):
+            async with claim_port(spec, registry=registry, count=True):
+                pass
+
+    async def test_registry_change_takes_effect(self, tmp_path: Path) -> None:
+        spec = ",".join(map(str, find_free_ports(2)))
+        first, second = (
+            FileLockRegistry(tmp_path / "a"),
+            FileLockRegistry(tmp_path / "b"),
+        )
+        async with claim_port(spec, registry=first):
+            pass
+        async with claim_port(spec, registry=second):
+            pass
+
+        assert first.list_claims_now()
+        assert second.list_claims_now()
