@@ -214,7 +214,8 @@ def portpicker_without_server() -> int:
 
 
 def port_for_random() -> int:
-    return port_for.select_random()
+    port: int = port_for.select_random()
+    return port
 
 
 def ephemeral_reserve() -> int:
