@@ -361,8 +361,11 @@ class TestSubprocessRuns:
         (tmp_path / "test_suite.py").write_text(EXHAUSTED_SUITE)
         started = time.monotonic()
 
+        # -rN drops the short summary, which repeats each message untruncated
+        # when CI is set, so the counts below see each failure once.
         result = run_pytest(
             tmp_path,
+            "-rN",
             f"--aioportclaim-ports={port}",
             f"--aioportclaim-lock-dir={tmp_path / 'locks'}",
             env={"PORT": str(port)},
