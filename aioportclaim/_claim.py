@@ -20,7 +20,6 @@ from ._selector import (
     repeat_log,
     verified,
 )
-from ._sockets import normalize_hosts, normalize_kinds
 from ._spec import parse_port_spec
 from ._strategy import PortSelectionStrategy, check_app_id
 from .registries._defaults import resolve_registry
@@ -268,15 +267,8 @@ async def _claim(
             raise ValueError(msg)
         if spec.kind == "exact" and spec.port is not None:
             check_app_id(app_id)
-            registry = resolve_registry(registry)
-            options = ClaimOptions(
-                hosts=normalize_hosts(host),
-                kinds=normalize_kinds(kind),
-                count=count,
-                registry=registry,
-                listen=listen,
-                backlog=backlog,
-                metrics=resolve_recorder(metrics, registry),
+            options = ClaimOptions.checked(
+                spec.port, host, kind, count, registry, listen, backlog, metrics
             )
             if timeout is None or verify_delay <= 0:
                 return await claim_exact_port(

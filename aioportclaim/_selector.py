@@ -71,6 +71,31 @@ class ClaimOptions:
         self.backlog = backlog
         self.metrics = metrics
 
+    @classmethod
+    def checked(
+        cls,
+        first_port: int,
+        host: str | Sequence[str],
+        kind: str | Sequence[str],
+        count: int,
+        registry: Registry | None,
+        listen: bool,
+        backlog: int,
+        metrics: MetricsRecorder | None,
+    ) -> ClaimOptions:
+        """Check and normalize claim arguments; `first_port` bounds the block's end."""
+        check_port(first_port, count)
+        resolved = resolve_registry(registry)
+        return cls(
+            hosts=normalize_hosts(host),
+            kinds=normalize_kinds(kind),
+            count=count,
+            registry=resolved,
+            listen=listen,
+            backlog=backlog,
+            metrics=resolve_recorder(metrics, resolved),
+        )
+
     def claimer(self, port: int, app_id: str | None) -> PortClaimer:
         """Return an unclaimed claimer of `port` (or the block from it) with these options."""
         return PortClaimer._prepared(
@@ -110,16 +135,8 @@ class RobustPortSelector:
         metrics: MetricsRecorder | None = None,
     ) -> None:
         self.strategy = strategy_for(strategy)
-        check_port(1, count)
-        registry = resolve_registry(registry)
-        self._options = ClaimOptions(
-            hosts=normalize_hosts(host),
-            kinds=normalize_kinds(kind),
-            count=count,
-            registry=registry,
-            listen=listen,
-            backlog=backlog,
-            metrics=resolve_recorder(metrics, registry),
+        self._options = ClaimOptions.checked(
+            1, host, kind, count, registry, listen, backlog, metrics
         )
 
     def __repr__(self) -> str:

@@ -444,3 +444,25 @@ class TestWildcards:
 
             async with claim_port(ports, host="0.0.0.0", registry=registry) as sock:
                 assert sock.getsockname()[1] == ports[1]
+
+
+class TestExactBlocks:
+    @pytest.mark.parametrize(
+        ("port", "count", "message"),
+        [(40000, 0, "invalid count 0"), (65535, 3, "would end past port 65535")],
+    )
+    async def test_exact_port_block_checked(
+        self, port: int, count: int, message: str
+    ) -> None:
+        with pytest.raises(ValueError, match=message):
+            async with claim_port(port, count=count):
+                pass
+
+    async def test_exact_port_block_claims_all(
+        self, registry: FileLockRegistry
+    ) -> None:
+        ports = find_free_ports(3)
+        async with open_claim(ports[0], count=3, registry=registry) as claim:
+            bound = [sock.getsockname()[1] for sock in claim.sockets]
+
+        assert bound == ports
