@@ -416,7 +416,7 @@ def _check_app_id(app_id: object) -> None:
     check_app_id(app_id)
 
 
-#: Longest application id, in characters; it keeps holder records small.
+#: Maximum length of an application id, in characters, so holder records stay small.
 MAX_APP_ID_LENGTH = 256
 
 

@@ -341,7 +341,7 @@ class TestErrors:
             async with claim_port(registry=registry, **arguments):  # type: ignore[arg-type]
                 pass
 
-    async def test_range_of_n_ports_gives_n_claims_then_exhausted(self) -> None:
+    async def test_range_exhausted_after_n_claims(self) -> None:
         registry = MemoryRegistry()
         ports = find_free_ports(3)
         async with (
