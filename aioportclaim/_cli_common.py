@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from ._exceptions import InvalidPortSpecError
 from ._spec import describe_value
@@ -57,10 +57,29 @@ def write_stdout(text: str) -> None:
     if stdout is None:  # started with file descriptor 1 closed
         raise OutputClosedError
     try:
-        stdout.write(f"{text}\n")
-        stdout.flush()
+        _write_all(stdout, f"{text}\n")
     except BrokenPipeError:
         raise OutputClosedError from None
+
+
+def _write_all(stream: TextIO, text: str) -> None:
+    # With PYTHONUNBUFFERED the binary layer is a raw file, whose write may
+    # take only part of a large output when a pipe fills; the text layer
+    # then drops the rest silently. Writing the bytes in a loop keeps every
+    # byte, and a reader that has gone raises BrokenPipeError as it should.
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        stream.flush()
+        return
+    data = memoryview(
+        text.encode(stream.encoding or "utf-8", stream.errors or "strict")
+    )
+    while data:
+        written = buffer.write(data)
+        data = data[written or 0 :]
+    buffer.flush()
 
 
 def write_stderr(text: str) -> None:

@@ -15,7 +15,7 @@ import anyio.lowlevel
 
 from ._claimer import PortClaimer
 from ._exceptions import ClaimLostError, PortExhaustedError
-from ._metrics_base import resolve_recorder
+from ._metrics_base import MetricsRecorder, resolve_recorder
 from ._metrics_logging import RepeatLimiter, log_fields
 from ._sockets import Kind, check_port, normalize_hosts, normalize_kinds
 from ._strategy import PortSelectionStrategy, check_app_id
@@ -24,7 +24,7 @@ from .registries._defaults import resolve_registry
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from ._metrics_base import FailureReason, MetricsRecorder
+    from ._metrics_base import FailureReason
     from .registries import Registry
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class ClaimOptions:
     ) -> ClaimOptions:
         """Check and normalize claim arguments; `first_port` bounds the block's end."""
         check_port(first_port, count)
+        check_socket_options(listen, backlog, metrics)
         resolved = resolve_registry(registry)
         return cls(
             hosts=normalize_hosts(host),
@@ -135,6 +136,8 @@ class RobustPortSelector:
         metrics: MetricsRecorder | None = None,
     ) -> None:
         self.strategy = strategy_for(strategy)
+        # Start ports of blocks whose every port is allowed, built on first use.
+        self._block_bases: frozenset[int] | None = None
         self._options = ClaimOptions.checked(
             1, host, kind, count, registry, listen, backlog, metrics
         )
@@ -172,7 +175,7 @@ class RobustPortSelector:
             return await self._select(
                 app_id, max_attempts, verify_delay, timeout, rejections, passes
             )
-        raise self._exhausted(rejections, passes[0], timeout, app_id)
+        raise self._exhausted(rejections, passes[0], timeout, app_id, interrupted=True)
 
     async def _select(
         self,
@@ -215,8 +218,15 @@ class RobustPortSelector:
     ) -> PortClaimer | None:
         strategy, options = self.strategy, self._options
         metrics = options.metrics
-        tried = 0
+        seen = 0
         for port in strategy.candidates(app_id):
+            # Yield now and then, even while every candidate is skipped without
+            # a claim, so cancellation and the deadline can act.
+            seen += 1
+            if seen % _CANDIDATES_PER_CHECKPOINT == 0:
+                await anyio.lowlevel.checkpoint()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
             if rejections.get(port) in _REMEMBERED_REJECTIONS:
                 continue
             if options.count > 1 and not self._block_allowed(port):
@@ -240,12 +250,6 @@ class RobustPortSelector:
                 if verify_delay <= 0 or await verified(claimer, verify_delay):
                     return claimer
             rejections[port] = claimer.rejection or "in_use"
-
-            tried += 1
-            if tried % _CANDIDATES_PER_CHECKPOINT == 0:
-                await anyio.lowlevel.checkpoint()
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
         if logger.isEnabledFor(logging.DEBUG):
             strategy_text = repr(strategy)
             repeat_log.log(
@@ -277,10 +281,12 @@ class RobustPortSelector:
         return False
 
     def _block_allowed(self, port: int) -> bool:
-        last = port + self._options.count - 1
-        return last <= 65535 and all(
-            self.strategy.is_allowed(p) for p in range(port, last + 1)
-        )
+        bases = self._block_bases
+        if bases is None:
+            bases = self._block_bases = block_bases(
+                self.strategy.allowed_ports(), self._options.count
+            )
+        return port in bases
 
     async def _block_valid(self, port: int) -> bool:
         for member in range(port, port + self._options.count):
@@ -294,6 +300,8 @@ class RobustPortSelector:
         attempts: int,
         timeout: float | None,
         app_id: str | None,
+        *,
+        interrupted: bool = False,
     ) -> PortExhaustedError:
         counts = Counter(rejections.values())
         # Blocks that reach an excluded port add to the strategy's own exclusions.
@@ -308,7 +316,13 @@ class RobustPortSelector:
 
         strategy_text = repr(self.strategy)
         passes = "1 pass" if attempts == 1 else f"{attempts} passes"
-        if self._nothing_left(rejections):
+        if interrupted:
+            msg = (
+                f"no port could be claimed for {where} from {strategy_text}: the timeout "
+                f"of {timeout} s ran out while validators or the verification delay "
+                f"were running ({passes} done); raise the timeout or shorten verify_delay"
+            )
+        elif self._nothing_left(rejections):
             msg = (
                 f"no port could be claimed for {where} from {strategy_text}: every "
                 "allowed port is excluded or rejected by a validator; widen the strategy"
@@ -375,7 +389,14 @@ async def verified(claimer: PortClaimer, delay: float) -> bool:
 def check_limits(
     max_attempts: int | None, verify_delay: float, timeout: float | None
 ) -> None:
-    for name, value in (("verify_delay", verify_delay), ("timeout", timeout)):
+    delay: object = verify_delay
+    if delay is None:
+        msg = "invalid verify_delay None: expected a number of seconds, 0 for no delay"
+        raise TypeError(msg)
+    for name, value in (
+        ("verify_delay", verify_delay),
+        ("timeout", timeout),
+    ):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float)
         ):
@@ -415,3 +436,37 @@ def strategy_for(spec: object) -> PortSelectionStrategy:
 @functools.lru_cache(maxsize=64)
 def _shared_strategy(spec: str | int | None) -> PortSelectionStrategy:
     return PortSelectionStrategy(spec)
+
+
+def block_bases(allowed: tuple[int, ...], count: int) -> frozenset[int]:
+    """Return the ports that start `count` consecutive allowed ports.
+
+    One walk over the sorted ports measures each run of consecutive ports,
+    so the cost does not grow with `count`.
+    """
+    bases: list[int] = []
+    run_start = 0
+    for index, port in enumerate(allowed):
+        if index and port != allowed[index - 1] + 1:
+            run_start = index
+        # allowed[run_start:index + 1] is consecutive; a block ending at
+        # `port` starts count - 1 ports earlier, if the run reaches back that far.
+        if index - run_start + 1 >= count:
+            bases.append(allowed[index - count + 1])
+    return frozenset(bases)
+
+
+def check_socket_options(listen: object, backlog: object, metrics: object) -> None:
+    """Raise TypeError or ValueError for a wrong `listen`, `backlog` or `metrics`."""
+    if not isinstance(listen, bool):
+        msg = f"invalid listen {listen!r}: expected True or False"
+        raise TypeError(msg)
+    if isinstance(backlog, bool) or not isinstance(backlog, int):
+        msg = f"invalid backlog {backlog!r}: expected a whole number of pending connections"
+        raise TypeError(msg)
+    if backlog < 0:
+        msg = f"invalid backlog {backlog!r}: expected 0 or more"
+        raise ValueError(msg)
+    if metrics is not None and not isinstance(metrics, MetricsRecorder):
+        msg = f"invalid metrics {metrics!r}: expected a MetricsRecorder, such as aioportclaim.metrics.MemoryRecorder(), or None"
+        raise TypeError(msg)

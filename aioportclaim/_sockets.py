@@ -65,7 +65,9 @@ def bind_socket(
 
 def _address_error(host: str, port: int, error: OSError) -> PortClaimError:
     ipv6 = family_of(host) == socket.AF_INET6
-    if error.errno in _FAMILY_MISSING and ipv6 and not ipv6_works():
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        msg = f"cannot open a socket for {host} port {port}: {error.strerror}; raise the descriptor limit (ulimit -n) or hold fewer claims"
+    elif error.errno in _FAMILY_MISSING and ipv6 and not ipv6_works():
         msg = f"IPv6 is unavailable on this host: binding [{host}]:{port} failed ({error.strerror}); claim on 127.0.0.1 instead"
     elif error.errno in _FAMILY_MISSING:
         bracketed = f"[{host}]" if ipv6 else host
@@ -108,11 +110,21 @@ def _normalize_host_tuple(items: tuple[str, ...]) -> tuple[str, ...]:
         for address in _expand_host(item):
             if address not in hosts:
                 hosts.append(address)
-    ipv4 = [address for address in hosts if ":" not in address]
-    if "::" in hosts and ipv4:
-        msg = f"invalid hosts {list(items)!r}: '::' is bound dual-stack and already covers {', '.join(ipv4)}; claim '::' alone, or use '::1' beside IPv4 addresses"
-        raise ValueError(msg)
+    _check_overlap(items, hosts)
     return tuple(hosts)
+
+
+def _check_overlap(items: tuple[str, ...], hosts: list[str]) -> None:
+    # A wildcard bind covers every address it spans, so a second socket on
+    # one of those addresses could never bind and no port would ever fit.
+    others = [address for address in hosts if address != "::"]
+    if "::" in hosts and others:
+        msg = f"invalid hosts {list(items)!r}: '::' is bound dual-stack and already covers {', '.join(others)}; claim '::' alone"
+        raise ValueError(msg)
+    ipv4 = [address for address in hosts if ":" not in address and address != "0.0.0.0"]
+    if "0.0.0.0" in hosts and ipv4:
+        msg = f"invalid hosts {list(items)!r}: '0.0.0.0' already covers {', '.join(ipv4)}; claim '0.0.0.0' alone"
+        raise ValueError(msg)
 
 
 def _expand_host(host: object) -> tuple[str, ...]:
@@ -124,10 +136,15 @@ def _expand_host(host: object) -> tuple[str, ...]:
     if host in _WILDCARDS:
         return (_WILDCARDS[host],)
     try:
-        return (str(ipaddress.ip_address(host.strip("[]"))),)
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         msg = f"invalid host {host!r}: expected an IP address, 'localhost', '0.0.0.0' or '::'; resolve host names before claiming"
         raise ValueError(msg) from None
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        msg = f"invalid host {host!r}: an IPv4-mapped address; claim the IPv4 address {mapped} instead"
+        raise ValueError(msg)
+    return (str(address),)
 
 
 def normalize_kinds(kind: str | Sequence[str]) -> tuple[Kind, ...]:

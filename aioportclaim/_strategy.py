@@ -349,6 +349,13 @@ class PortSelectionStrategy:
         """Whether at least one validator was added."""
         return bool(self._settings.validators)
 
+    def allowed_ports(self) -> tuple[int, ...]:
+        """Return every allowed port, sorted; validators are not run.
+
+        .. versionadded:: 0.1
+        """
+        return self._get_plan().allowed
+
     @property
     def allowed_count(self) -> int:
         """Number of base ports that no exclusion removes."""

@@ -147,12 +147,17 @@ class TestLockDirectory:
         ports = find_free_ports(2)
         link = Path(registry.lock_path(ClaimKey(registry.scope(), "tcp", ports[0])))
         fifo = Path(registry.lock_path(ClaimKey(registry.scope(), "udp", ports[1])))
+        directory = Path(
+            registry.lock_path(ClaimKey(registry.scope(), "tcp", ports[1]))
+        )
         link.symlink_to(lock_dir / "missing")
         os.mkfifo(fifo)
+        directory.mkdir()
 
         removed = registry.prune()
 
-        assert sorted(removed) == sorted([str(link), str(fifo)])
+        assert sorted(removed) == sorted([str(link), str(fifo), str(directory)])
+        assert not directory.exists()
         assert not link.is_symlink()
         assert not fifo.exists()
 

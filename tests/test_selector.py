@@ -23,6 +23,7 @@ from aioportclaim import (
     claim_port,
     open_claim,
 )
+from aioportclaim._selector import block_bases
 
 from .conftest import HELPERS, count_open_fds, find_free_ports
 
@@ -430,3 +431,68 @@ class TestSharedSelectors:
 
         assert first.list_claims_now()
         assert second.list_claims_now()
+
+
+class TestSecondUserReport:
+    async def test_huge_block_fails_fast(self, registry: FileLockRegistry) -> None:
+        with (
+            anyio.fail_after(5),
+            pytest.raises(PortExhaustedError, match="every allowed port"),
+        ):
+            async with open_claim(count=33000, registry=registry, timeout=2):
+                pass
+
+    async def test_block_bases_need_consecutive_ports(self) -> None:
+        assert block_bases((1, 2, 3, 5, 6, 7, 8, 10), 3) == frozenset({1, 5, 6})
+
+    @pytest.mark.parametrize(
+        "hosts",
+        [
+            ["0.0.0.0", "127.0.0.1"],
+            ["::1", "::"],
+            ["::", "::ffff:127.0.0.1"],
+            ["127.0.0.1", "::ffff:127.0.0.1"],
+        ],
+    )
+    async def test_overlapping_hosts_rejected(self, hosts: list[str]) -> None:
+        with (
+            anyio.fail_after(5),
+            pytest.raises(ValueError, match=r"covers|IPv4-mapped"),
+        ):
+            async with claim_port(host=hosts, timeout=None):
+                pass
+
+    @pytest.mark.parametrize(
+        ("arguments", "error"),
+        [
+            ({"verify_delay": None}, TypeError),
+            ({"backlog": "1"}, TypeError),
+            ({"backlog": True}, TypeError),
+            ({"backlog": -1}, ValueError),
+            ({"listen": "no"}, TypeError),
+            ({"metrics": "x"}, TypeError),
+        ],
+    )
+    async def test_bad_options_named(
+        self, arguments: dict[str, object], error: type[Exception]
+    ) -> None:
+        name, value = next(iter(arguments.items()))
+        with pytest.raises(
+            error,
+            match=re.escape(f"invalid {name} {value!r}".replace("'None'", "None")),
+        ):
+            async with claim_port(**arguments):  # type: ignore[arg-type]
+                pass
+
+    async def test_interrupted_wait_named_in_error(
+        self, registry: FileLockRegistry
+    ) -> None:
+        ports = find_free_ports(2)
+        with (
+            anyio.fail_after(5),
+            pytest.raises(PortExhaustedError, match="verification delay were running"),
+        ):
+            async with claim_port(
+                ports, registry=registry, verify_delay=5, timeout=0.2
+            ):
+                pass

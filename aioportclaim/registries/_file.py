@@ -253,9 +253,7 @@ class FileLockRegistry(Registry):
             _warn_odd_lock_file(path, "is a directory")
             return
         if error.errno == errno.EACCES and os.path.lexists(path):
-            logger.debug(
-                "lock file %s belongs to another user; counting it as locked", path
-            )
+            _warn_odd_lock_file(path, "cannot be opened for writing by this user")
             return
         raise _directory_error(os.path.dirname(path), error) from error
 
@@ -367,6 +365,9 @@ def _check_directory(
 
 
 def _directory_error(path: str, error: OSError) -> LockDirectoryError:
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        message = f"cannot open a lock file in {path}: {error.strerror}; raise the descriptor limit (ulimit -n) or hold fewer claims"
+        return LockDirectoryError(message, path)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free space or quota on that file system, or set " + LOCK_DIR_ENV
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -61,7 +61,7 @@ def inspect_lock_file(path: str) -> tuple[bool, HolderRecord | None]:
 
 
 def remove_odd_entries(scope_dir: str) -> list[str]:
-    """Remove symbolic links, FIFOs and sockets that carry a lock file's name.
+    """Remove links, FIFOs, sockets and empty directories named like lock files.
 
     No claim can lock them, since lock files are opened without following
     links and must be regular files; unlinking them never follows a link.
@@ -71,12 +71,13 @@ def remove_odd_entries(scope_dir: str) -> list[str]:
         for entry in entries:
             if not LOCK_NAME.match(entry.name):
                 continue
-            if entry.is_dir(follow_symlinks=False) or entry.is_file(
-                follow_symlinks=False
-            ):
+            if entry.is_file(follow_symlinks=False):
                 continue
             try:
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    os.rmdir(entry.path)  # only when empty; otherwise logged below
+                else:
+                    os.unlink(entry.path)
             except OSError as error:
                 logger.warning("failed to remove %s: %s", entry.path, error)
                 continue
