@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ._exceptions import PortClaimError
 from ._system import is_windows
-from ._verify import family_of, is_port_taken
+from ._verify import BUSY_ERRNOS, FAMILY_MISSING_ERRNOS, family_of, is_port_taken
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 Kind = Literal["tcp", "udp"]
 
 _WILDCARDS = {"": "0.0.0.0", "0.0.0.0": "0.0.0.0", "::": "::"}
-_BUSY = {errno.EADDRINUSE, errno.EACCES}
-_FAMILY_MISSING = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT}
 DEFAULT_BACKLOG = 128
 
 
@@ -57,7 +55,7 @@ def bind_socket(
             sock.listen(backlog)
     except OSError as error:
         sock.close()
-        if error.errno in _BUSY:
+        if error.errno in BUSY_ERRNOS:
             return None
         raise _address_error(host, port, error) from error
     return sock
@@ -67,9 +65,9 @@ def _address_error(host: str, port: int, error: OSError) -> PortClaimError:
     ipv6 = family_of(host) == socket.AF_INET6
     if error.errno in (errno.EMFILE, errno.ENFILE):
         msg = f"cannot open a socket for {host} port {port}: {error.strerror}; raise the descriptor limit (ulimit -n) or hold fewer claims"
-    elif error.errno in _FAMILY_MISSING and ipv6 and not ipv6_works():
+    elif error.errno in FAMILY_MISSING_ERRNOS and ipv6 and not ipv6_works():
         msg = f"IPv6 is unavailable on this host: binding [{host}]:{port} failed ({error.strerror}); claim on 127.0.0.1 instead"
-    elif error.errno in _FAMILY_MISSING:
+    elif error.errno in FAMILY_MISSING_ERRNOS:
         bracketed = f"[{host}]" if ipv6 else host
         msg = f"address {bracketed} is not available on this host ({error.strerror}); use an address of a local interface, such as 127.0.0.1"
     else:

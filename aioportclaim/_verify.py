@@ -17,8 +17,10 @@ _COUNTERPART = {
 }
 
 # Errors that mean the address family or address does not exist on this host.
-_FAMILY_MISSING = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT}
-_BUSY = {errno.EADDRINUSE, errno.EACCES}
+FAMILY_MISSING_ERRNOS = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT}
+# A bind refused with EACCES (a privileged port, a Windows excluded range)
+# counts as busy: the port cannot be had, but another one may.
+BUSY_ERRNOS = {errno.EADDRINUSE, errno.EACCES}
 
 
 def counterpart_host(host: str) -> str | None:
@@ -47,7 +49,7 @@ def is_port_taken(host: str, kind: str, port: int) -> bool | None:
         # serves and skips the Python wrapper's set-up.
         probe = _socket.socket(family, sock_type)
     except OSError as error:
-        if error.errno in _FAMILY_MISSING:
+        if error.errno in FAMILY_MISSING_ERRNOS:
             return None
         raise
     try:
@@ -60,9 +62,9 @@ def is_port_taken(host: str, kind: str, port: int) -> bool | None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            if error.errno in _BUSY:
+            if error.errno in BUSY_ERRNOS:
                 return True
-            if error.errno in _FAMILY_MISSING:
+            if error.errno in FAMILY_MISSING_ERRNOS:
                 return None
             raise
     finally:
