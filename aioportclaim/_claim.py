@@ -17,6 +17,7 @@ from ._selector import (
     RobustPortSelector,
     backoff_delay,
     check_limits,
+    deadline_scope,
     repeat_log,
     verified,
 )
@@ -270,16 +271,8 @@ async def _claim(
             options = ClaimOptions.checked(
                 spec.port, host, kind, count, registry, listen, backlog, metrics
             )
-            if timeout is None or verify_delay <= 0:
-                return await claim_exact_port(
-                    spec.port,
-                    options=options,
-                    app_id=app_id,
-                    timeout=timeout,
-                    verify_delay=verify_delay,
-                )
             # The deadline covers the verification delay too.
-            with anyio.move_on_after(timeout):
+            with deadline_scope(timeout, verify_delay > 0):
                 return await claim_exact_port(
                     spec.port,
                     options=options,
@@ -287,10 +280,7 @@ async def _claim(
                     timeout=timeout,
                     verify_delay=verify_delay,
                 )
-            if options.metrics is not None:
-                options.metrics.record_failure("timeout")
-            msg = f"port {spec.port} could not be claimed and verified within {timeout} s; raise the timeout or shorten verify_delay"
-            raise ClaimTimeoutError(msg, {"in_use": 1})
+            raise _verification_timeout(spec.port, options, timeout)
     selector = _shared_selector(
         strategy, registry, host, kind, count, listen, backlog, metrics
     )
@@ -298,6 +288,15 @@ async def _claim(
         app_id, verify_delay=verify_delay, timeout=timeout
     )
     return claimer
+
+
+def _verification_timeout(
+    port: int, options: ClaimOptions, timeout: float | None
+) -> ClaimTimeoutError:
+    if options.metrics is not None:
+        options.metrics.record_failure("timeout")
+    msg = f"port {port} could not be claimed and verified within {timeout} s; raise the timeout or shorten verify_delay"
+    return ClaimTimeoutError(msg, {"in_use": 1})
 
 
 # Selectors keep no state between calls, so claims with equal arguments

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -164,14 +165,8 @@ class RobustPortSelector:
         check_app_id(app_id)
         rejections: dict[int, str] = {}
         passes = [0]  # passes finished so far, kept when the deadline cancels
-        if timeout is None or not (self.strategy.has_validators or verify_delay > 0):
-            return await self._select(
-                app_id, max_attempts, verify_delay, timeout, rejections, passes
-            )
-
-        # Validators and verification delays can wait for long; the deadline
-        # covers them too, so a stuck validator cannot outlast the timeout.
-        with anyio.move_on_after(timeout):
+        waits = self.strategy.has_validators or verify_delay > 0
+        with deadline_scope(timeout, waits):
             return await self._select(
                 app_id, max_attempts, verify_delay, timeout, rejections, passes
             )
@@ -229,20 +224,19 @@ class RobustPortSelector:
                     break
             if rejections.get(port) in _REMEMBERED_REJECTIONS:
                 continue
+            reason: FailureReason | None = None
             if options.count > 1 and not self._block_allowed(port):
-                rejections[port] = "excluded"
+                reason = "excluded"
+            elif self._held_here(port):
+                reason = "locked"
+            elif strategy.has_validators and not await self._block_valid(port):
+                reason = "validator"
+            if reason is not None:
+                # Rejected without a claim attempt; metrics count it as one.
+                rejections[port] = reason
                 if metrics is not None:
-                    _record_rejection(metrics, "excluded")
-                continue
-            if self._held_here(port):
-                rejections[port] = "locked"
-                if metrics is not None:
-                    _record_rejection(metrics, "locked")
-                continue
-            if strategy.has_validators and not await self._block_valid(port):
-                rejections[port] = "validator"
-                if metrics is not None:
-                    _record_rejection(metrics, "validator")
+                    metrics.record_attempt()
+                    metrics.record_failure(reason)
                 continue
 
             claimer = options.claimer(port, app_id)
@@ -368,9 +362,18 @@ class RobustPortSelector:
                 yield claimer
 
 
-def _record_rejection(metrics: MetricsRecorder, reason: FailureReason) -> None:
-    metrics.record_attempt()
-    metrics.record_failure(reason)
+def deadline_scope(
+    timeout: float | None, needed: bool
+) -> anyio.CancelScope | contextlib.nullcontext[None]:
+    """Return a scope that cancels its block after `timeout` seconds, if `needed`.
+
+    Claims bound most waits by their own deadline checks; a scope is needed
+    only around waits that they cannot interrupt, such as a validator or a
+    verification delay. Otherwise a no-op context keeps the claim path cheap.
+    """
+    if timeout is None or not needed:
+        return contextlib.nullcontext()
+    return anyio.move_on_after(timeout)
 
 
 async def verified(claimer: PortClaimer, delay: float) -> bool:
