@@ -183,13 +183,14 @@ class FileLockRegistry(Registry):
         return self._scope_dir
 
     def is_held_here(self, kind: str, port: int) -> bool:
+        # Before the first claim no directory is checked, and nothing is held.
         if self._scope_dir is None:
             return False
-        return f"{self._scope_dir}{os.sep}{kind}-{port}.lock" in _held_here
+        return _lock_file_path(self._scope_dir, kind, port) in _held_here
 
     def lock_path(self, key: ClaimKey) -> str:
         """Return the lock file path for `key`."""
-        return f"{self.scope_dir()}{os.sep}{key.kind}-{key.port}.lock"
+        return _lock_file_path(self.scope_dir(), key.kind, key.port)
 
     async def try_acquire(self, key: ClaimKey, holder: HolderRecord) -> Lease | None:
         return self.try_acquire_now(key, holder)
@@ -298,6 +299,10 @@ class FileLockRegistry(Registry):
         ]
         removed.extend(remove_odd_entries(self.scope_dir()))
         return removed
+
+
+def _lock_file_path(scope_dir: str, kind: str, port: int) -> str:
+    return f"{scope_dir}{os.sep}{kind}-{port}.lock"
 
 
 def _prepare_directory(
