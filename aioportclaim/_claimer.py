@@ -156,7 +156,7 @@ class PortClaimer:
         """Claim every port of this claimer, or nothing.
 
         Returns False when a lock is held by someone else or a bind finds
-        the port in use (`rejection` says which). Raises `PortClaimError`
+        the port in use (`rejection` names the reason). Raises `PortClaimError`
         when the address cannot be used on this host at all, and
         `LockDirectoryError` when the registry cannot store locks.
         """
@@ -175,7 +175,7 @@ class PortClaimer:
         if not claimed:
             await self._undo()
             if metrics is not None:
-                # The failed step has set the rejection; mypy still sees the reset above.
+                # The failed step has set the rejection, which mypy cannot infer.
                 metrics.record_failure(cast("Rejection", self.rejection))
             if logger.isEnabledFor(logging.DEBUG):
                 _repeat_log.log(

@@ -63,8 +63,8 @@ def write_stdout(text: str) -> None:
 
 
 def _write_all(stream: TextIO, text: str) -> None:
-    # With PYTHONUNBUFFERED the binary layer is a raw file, whose write may
-    # take only part of a large output when a pipe fills; the text layer
+    # With PYTHONUNBUFFERED the binary layer is a raw file. Its write may
+    # take only part of a large output when a pipe fills, and the text layer
     # then drops the rest silently. Writing the bytes in a loop keeps every
     # byte, and a reader that has gone raises BrokenPipeError as it should.
     stream.flush()

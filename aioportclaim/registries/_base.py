@@ -28,7 +28,7 @@ MAX_RECORD_BYTES = 4096
 
 @dataclass(frozen=True, slots=True)
 class ClaimKey:
-    """What a registry lock covers: one port of one protocol in one network scope.
+    """Key of a registry lock: one port of one protocol in one network scope.
 
     .. versionadded:: 0.1
     """
@@ -40,7 +40,7 @@ class ClaimKey:
 
 @dataclass(frozen=True, slots=True)
 class HolderRecord:
-    """Who holds a claim, as stored beside the lock for later listing.
+    """Holder of a claim, as stored beside the lock for later listing.
 
     .. versionadded:: 0.1
     """
@@ -119,7 +119,7 @@ def _record_from_mapping(raw: dict[str, Any]) -> HolderRecord | None:
 class ClaimInfo:
     """One entry of a registry listing.
 
-    `held` tells whether a live holder owns the lock now; `record` is the last
+    `held` is True while a live holder owns the lock. `record` is the last
     holder record found, or None when there is none or it was malformed.
 
     .. versionadded:: 0.1
@@ -239,7 +239,7 @@ class Registry(ABC):
 
     @abstractmethod
     async def list_claims(self) -> list[ClaimInfo]:
-        """List the claims this registry knows of, held or left behind."""
+        """List the claims this registry has recorded, held or left behind."""
 
     def is_held_here(self, kind: str, port: int) -> bool:
         """Tell, without I/O, whether this process already holds `port` here.
